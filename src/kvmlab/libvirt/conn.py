@@ -92,8 +92,6 @@ _CONFLICT: dict[int, type[errors.Conflict]] = {
 _AGENT = {
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
     libvirt.VIR_ERR_AGENT_UNSYNCED,
-    libvirt.VIR_ERR_AGENT_COMMAND_TIMEOUT,
-    libvirt.VIR_ERR_AGENT_COMMAND_FAILED,
 }
 
 _DAEMON_GONE = {

@@ -1,0 +1,3 @@
+"""kvmlab: KVM/QEMU virtual machines through libvirt."""
+
+__version__ = "0.1.0"

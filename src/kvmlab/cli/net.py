@@ -1,0 +1,147 @@
+"""``kvmlab net ...``: virtual networks."""
+
+from __future__ import annotations
+
+import click
+
+from kvmlab.cli.main import State, json_option, pass_state
+
+
+@click.group("net")
+def net() -> None:
+    """NAT and isolated virtual networks."""
+
+
+@net.command("create")
+@click.argument("name")
+@click.option("--nat", "mode", flag_value="nat", default=True, help="Router with NAT (default).")
+@click.option("--isolated", "mode", flag_value="isolated", help="Switch with DHCP, no way out.")
+@click.option("--subnet", default=None, help="e.g. 10.70.0.0/24 (default: a free 10.N.0.0/24).")
+@click.option("--dhcp-range", default=None, help="FIRST-LAST addresses handed out by DHCP.")
+@click.option("--domain", default=None, help="DNS domain of the network, e.g. lab.")
+@json_option
+@pass_state
+def create(
+    state: State,
+    name: str,
+    mode: str,
+    subnet: str | None,
+    dhcp_range: str | None,
+    domain: str | None,
+) -> None:
+    """Create and start network NAME."""
+    from kvmlab.cli.output import emit_json
+    from kvmlab.errors import InvalidInput
+    from kvmlab.services import networks
+    from kvmlab.services.quickstart import free_subnet
+    from kvmlab.specs import NetworkSpec
+
+    rng = None
+    if dhcp_range:
+        parts = dhcp_range.split("-")
+        if len(parts) != 2:
+            raise InvalidInput(f"--dhcp-range {dhcp_range!r} is not FIRST-LAST")
+        rng = (parts[0].strip(), parts[1].strip())
+    spec = NetworkSpec(
+        name=name,
+        mode=mode,  # type: ignore[arg-type]
+        subnet=subnet or free_subnet(state.env),
+        domain=domain,
+        dhcp_range=rng,
+    )
+    n = networks.create_network(state.env, spec)
+    if state.json:
+        emit_json(n.to_dict())
+    else:
+        click.echo(f"created {mode} network {n.name}: {n.subnet} on switch {n.bridge}")
+
+
+@net.command("list")
+@json_option
+@pass_state
+def list_(state: State) -> None:
+    """List networks."""
+    from kvmlab.cli.output import emit_json, table
+    from kvmlab.services import networks
+
+    nets = networks.list_networks(state.env)
+    if state.json:
+        emit_json([n.to_dict() for n in nets])
+        return
+    table(
+        None,
+        ["NAME", "MODE", "ACTIVE", "SUBNET", "ROUTER", "SWITCH", "AUTOSTART"],
+        [
+            (n.name, n.mode, "yes" if n.active else "no", n.subnet or "-", n.gateway or "-",
+             n.bridge or "-", "yes" if n.autostart else "no")
+            for n in nets
+        ],  # fmt: skip
+    )
+
+
+@net.command("info")
+@click.argument("name")
+@json_option
+@pass_state
+def info(state: State, name: str) -> None:
+    """Show network NAME."""
+    from kvmlab.cli.output import emit_json, table
+    from kvmlab.services import networks
+
+    n = networks.get_network(state.env, name)
+    if state.json:
+        emit_json(n.to_dict())
+        return
+    table(None, ["", ""], list(n.to_dict().items()))
+
+
+@net.command("start")
+@click.argument("name")
+@pass_state
+def start(state: State, name: str) -> None:
+    """Start network NAME."""
+    from kvmlab.services import networks
+
+    networks.start_network(state.env, name)
+    click.echo(f"started network {name}")
+
+
+@net.command("stop")
+@click.argument("name")
+@pass_state
+def stop(state: State, name: str) -> None:
+    """Stop network NAME."""
+    from kvmlab.services import networks
+
+    networks.stop_network(state.env, name)
+    click.echo(f"stopped network {name}")
+
+
+@net.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Delete even with machines attached (says which).")
+@pass_state
+def delete(state: State, name: str, force: bool) -> None:
+    """Delete network NAME."""
+    from kvmlab.services import networks
+
+    detached = networks.delete_network(state.env, name, force=force)
+    if detached:
+        click.echo(f"detached from {name}: {', '.join(detached)}", err=True)
+    click.echo(f"deleted network {name}")
+
+
+@net.command("leases")
+@click.argument("name")
+@json_option
+@pass_state
+def leases(state: State, name: str) -> None:
+    """Show the DHCP leases of network NAME."""
+    from kvmlab.cli.output import emit_json, table
+    from kvmlab.services import networks
+
+    found = networks.leases(state.env, name)
+    if state.json:
+        emit_json([le.to_dict() for le in found])
+        return
+    table(None, ["IP", "MAC", "HOSTNAME"], [(le.ip, le.mac, le.hostname or "-") for le in found])

@@ -1,0 +1,62 @@
+"""How the CLI shows things: JSON for programs, rich tables for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+
+from kvmlab.models import Machine
+
+
+def emit_json(data: Any) -> None:
+    """Write ``data`` as JSON to stdout."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Print a table for people (rich is imported only here: keeps --json fast)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    Console(file=sys.stdout, soft_wrap=True).print(t)
+
+
+def machine_ips(m: Machine) -> str:
+    """A machine's addresses, comma separated."""
+    return ", ".join(dict.fromkeys(a.ip for a in m.addresses)) or "-"
+
+
+def machines_table(machines: Sequence[Machine]) -> None:
+    """The ``kvmlab ls`` table."""
+    from kvmlab.specs import format_size
+
+    table(
+        None,
+        ["NAME", "STATE", "IP", "CPUS", "MEMORY", "IMAGE", "ACCEL"],
+        [
+            (
+                m.name,
+                m.state.value,
+                machine_ips(m),
+                m.cpus,
+                format_size(m.memory),
+                m.image or ("-" if m.kvmlab else "(not kvmlab's)"),
+                m.accel or "-",
+            )
+            for m in machines
+        ],
+    )
+
+
+def say(message: str) -> None:
+    """A progress or status line for people, on stderr."""
+    click.echo(message, err=True)

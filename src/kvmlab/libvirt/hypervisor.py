@@ -1,0 +1,473 @@
+"""The adapter: every libvirt call kvmlab makes goes through :class:`Hypervisor`.
+
+Methods take and return kvmlab's own types (XML mapper objects, :mod:`kvmlab.models`);
+``libvirt`` objects never leave this package.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from kvmlab import errors
+from kvmlab.libvirt import convert
+from kvmlab.libvirt.conn import map_errors, open_connection, translate
+from kvmlab.libvirt.domain import DomainXML
+from kvmlab.libvirt.network import NetworkXML
+from kvmlab.libvirt.storage import PoolXML, VolumeXML
+from kvmlab.models import Address, ExecResult, Lease, Machine, MachineState, Network, Volume
+
+_STATE = {
+    libvirt.VIR_DOMAIN_RUNNING: MachineState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: MachineState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: MachineState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: MachineState.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: MachineState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: MachineState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: MachineState.SUSPENDED,
+}
+
+LS_HINT = "`kvmlab ls` lists the machines"
+
+
+class Hypervisor:
+    """One libvirt connection, spoken to in kvmlab's types."""
+
+    def __init__(self, conn: libvirt.virConnect, uri: str) -> None:
+        self._conn = conn
+        self.uri = uri
+
+    @classmethod
+    def open(cls, uri: str) -> Hypervisor:
+        """Connect to the daemon behind ``uri``."""
+        return cls(open_connection(uri), uri)
+
+    def close(self) -> None:
+        """Close the connection."""
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    # -- host -------------------------------------------------------------------------------
+    def daemon_info(self) -> dict[str, str]:
+        """Which daemon answers: driver type, libvirt and hypervisor versions, hostname."""
+        with map_errors(self.uri, what="ask the daemon"):
+            lib = self._conn.getLibVersion()
+            hv = self._conn.getVersion()
+            return {
+                "driver": self._conn.getType(),
+                "libvirt": _version(lib),
+                "hypervisor": _version(hv),
+                "hostname": self._conn.getHostname(),
+                "uri": self._conn.getURI(),
+            }
+
+    def capabilities(self) -> str:
+        """The host capabilities XML."""
+        with map_errors(self.uri, what="read capabilities"):
+            return str(self._conn.getCapabilities())
+
+    # -- machines ---------------------------------------------------------------------------
+    def _domain(self, name: str) -> libvirt.virDomain:
+        with map_errors(
+            self.uri, not_found=f"no VM named {name!r} on {self.uri}", hint=LS_HINT
+        ):
+            return self._conn.lookupByName(name)
+
+    def has_machine(self, name: str) -> bool:
+        """Whether a domain of that name exists."""
+        try:
+            self._conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise translate(e, self.uri) from e
+        return True
+
+    def list_machines(self) -> list[Machine]:
+        """Every domain on the connection, kvmlab's or not."""
+        with map_errors(self.uri, what="list machines"):
+            domains = self._conn.listAllDomains()
+            out = []
+            for dom in domains:
+                try:
+                    state = dom.state()[0]
+                    xml = dom.XMLDesc()
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # deleted while we listed
+                    raise
+                out.append(convert.machine(DomainXML.from_xml(xml), _STATE.get(state)))
+        return sorted(out, key=lambda m: m.name)
+
+    def machine(self, name: str) -> Machine:
+        """One machine by name."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"read {name}"):
+            return convert.machine(DomainXML.from_xml(dom.XMLDesc()), _STATE.get(dom.state()[0]))
+
+    def domain_xml(self, name: str, inactive: bool = False) -> DomainXML:
+        """The domain XML of a machine (live, or the persistent definition)."""
+        dom = self._domain(name)
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        with map_errors(self.uri, what=f"read {name}"):
+            return DomainXML.from_xml(dom.XMLDesc(flags))
+
+    def define_machine(self, xml: DomainXML) -> None:
+        """Define (create persistently, stopped) a domain."""
+        with map_errors(self.uri, what=f"define {xml.name}"):
+            self._conn.defineXML(xml.to_xml())
+
+    def state(self, name: str) -> MachineState:
+        """The machine's run state."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"read state of {name}"):
+            return _STATE.get(dom.state()[0], MachineState.UNKNOWN)
+
+    def start(self, name: str) -> None:
+        """Boot a stopped machine."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"start {name}"):
+            dom.create()
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI)."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"stop {name}"):
+            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    def destroy(self, name: str) -> None:
+        """Pull the plug."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"kill {name}"):
+            dom.destroy()
+
+    def reboot(self, name: str) -> None:
+        """Ask the guest to reboot (ACPI)."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"reboot {name}"):
+            dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+
+    def suspend(self, name: str) -> None:
+        """Pause the guest's vCPUs."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"pause {name}"):
+            dom.suspend()
+
+    def resume(self, name: str) -> None:
+        """Resume a paused guest."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"resume {name}"):
+            dom.resume()
+
+    def undefine(self, name: str) -> None:
+        """Remove a stopped machine's definition (snapshot metadata and NVRAM too)."""
+        dom = self._domain(name)
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        )
+        with map_errors(self.uri, what=f"delete {name}"):
+            dom.undefineFlags(flags)
+
+    def interface_addresses(self, name: str, source: str) -> list[Address]:
+        """Addresses from one source: ``lease`` (the network's DHCP) or ``agent``."""
+        dom = self._domain(name)
+        src = {
+            "lease": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            "agent": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+            "arp": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+        }[source]
+        try:
+            found = dom.interfaceAddresses(src)
+        except libvirt.libvirtError as e:
+            if source == "agent" or e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                return []  # no agent yet / machine not running
+            raise translate(e, self.uri, what=f"addresses of {name}") from e
+        out = []
+        for ifname, info in (found or {}).items():
+            for a in info.get("addrs") or []:
+                if a.get("type") != libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    continue
+                if a["addr"].startswith("127."):
+                    continue
+                out.append(
+                    Address(a["addr"], a.get("prefix"), info.get("hwaddr"), source, ifname)
+                )
+        return out
+
+    def agent_command(self, name: str, command: dict[str, Any], timeout: int = 10) -> Any:
+        """Send one QEMU guest agent command and return its ``return`` value."""
+        import libvirt_qemu
+
+        dom = self._domain(name)
+        hint = (
+            f"{name} needs the QEMU guest agent (package qemu-guest-agent) running in the "
+            "guest; the built-in tiny image has it"
+        )
+        try:
+            reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps(command), timeout, 0)
+        except libvirt.libvirtError as e:
+            raise translate(e, self.uri, what=f"guest agent of {name}", hint=hint) from e
+        return json.loads(reply).get("return")
+
+    def guest_exec(
+        self, name: str, argv: list[str], input_data: bytes | None = None, timeout: float = 60
+    ) -> ExecResult:
+        """Run a command in the guest through the agent and wait for it."""
+        args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if input_data is not None:
+            args["input-data"] = base64.b64encode(input_data).decode()
+        pid = self.agent_command(name, {"execute": "guest-exec", "arguments": args})["pid"]
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            st = self.agent_command(
+                name, {"execute": "guest-exec-status", "arguments": {"pid": pid}}
+            )
+            if st.get("exited"):
+                return ExecResult(
+                    exit_code=int(st.get("exitcode", -1 if "signal" in st else 0)),
+                    stdout=base64.b64decode(st.get("out-data", "")),
+                    stderr=base64.b64decode(st.get("err-data", "")),
+                )
+            if time.monotonic() > deadline:
+                raise errors.Timeout(
+                    f"{argv[0]} in {name} did not finish within {timeout:.0f} s",
+                    hint="give a longer --timeout",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def open_console(self, name: str) -> Any:
+        """Open the serial console as a libvirt stream (the caller drives it)."""
+        dom = self._domain(name)
+        stream = self._conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        with map_errors(self.uri, what=f"console of {name}"):
+            dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        return stream
+
+    # -- networks ---------------------------------------------------------------------------
+    def _network(self, name: str) -> libvirt.virNetwork:
+        with map_errors(
+            self.uri,
+            not_found=f"no network named {name!r} on {self.uri}",
+            hint="`kvmlab net list` shows the networks",
+        ):
+            return self._conn.networkLookupByName(name)
+
+    def has_network(self, name: str) -> bool:
+        """Whether a network of that name exists."""
+        try:
+            self._conn.networkLookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                return False
+            raise translate(e, self.uri) from e
+        return True
+
+    def list_networks(self) -> list[Network]:
+        """Every libvirt network."""
+        with map_errors(self.uri, what="list networks"):
+            out = [
+                convert.network(
+                    NetworkXML.from_xml(n.XMLDesc()), bool(n.isActive()), bool(n.autostart())
+                )
+                for n in self._conn.listAllNetworks()
+            ]
+        return sorted(out, key=lambda n: n.name)
+
+    def network(self, name: str) -> Network:
+        """One network by name."""
+        n = self._network(name)
+        with map_errors(self.uri, what=f"read network {name}"):
+            return convert.network(
+                NetworkXML.from_xml(n.XMLDesc()), bool(n.isActive()), bool(n.autostart())
+            )
+
+    def network_xml(self, name: str) -> NetworkXML:
+        """The network's XML."""
+        with map_errors(self.uri, what=f"read network {name}"):
+            return NetworkXML.from_xml(self._network(name).XMLDesc())
+
+    def define_network(self, xml: NetworkXML, autostart: bool = True) -> None:
+        """Define a persistent network."""
+        with map_errors(self.uri, what=f"define network {xml.name}"):
+            net = self._conn.networkDefineXML(xml.to_xml())
+            net.setAutostart(1 if autostart else 0)
+
+    def start_network(self, name: str) -> None:
+        """Start a network (bridge, dnsmasq, firewall rules)."""
+        net = self._network(name)
+        with map_errors(self.uri, what=f"start network {name}"):
+            if not net.isActive():
+                net.create()
+
+    def stop_network(self, name: str) -> None:
+        """Stop a network."""
+        net = self._network(name)
+        with map_errors(self.uri, what=f"stop network {name}"):
+            if net.isActive():
+                net.destroy()
+
+    def undefine_network(self, name: str) -> None:
+        """Remove a network's definition (stopping it first)."""
+        net = self._network(name)
+        with map_errors(self.uri, what=f"delete network {name}"):
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+
+    def leases(self, name: str) -> list[Lease]:
+        """The network's current DHCP leases."""
+        net = self._network(name)
+        with map_errors(self.uri, what=f"leases of {name}"):
+            raw = net.DHCPLeases() or []
+        return [
+            Lease(
+                network=name,
+                mac=le["mac"],
+                ip=le["ipaddr"],
+                prefix=int(le["prefix"]),
+                hostname=le.get("hostname") or None,
+                expires=int(le.get("expirytime") or 0),
+            )
+            for le in raw
+            if le.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4
+        ]
+
+    # -- storage ----------------------------------------------------------------------------
+    def _pool(self, name: str) -> libvirt.virStoragePool:
+        with map_errors(self.uri, not_found=f"no storage pool named {name!r} on {self.uri}"):
+            return self._conn.storagePoolLookupByName(name)
+
+    def ensure_pool(self, xml: PoolXML) -> None:
+        """Make sure a directory pool exists, is built, active and autostarted."""
+        try:
+            pool = self._conn.storagePoolLookupByName(xml.name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise translate(e, self.uri) from e
+            with map_errors(self.uri, what=f"create storage pool {xml.name}"):
+                pool = self._conn.storagePoolDefineXML(xml.to_xml())
+                pool.build(0)
+                pool.setAutostart(1)
+        with map_errors(self.uri, what=f"start storage pool {xml.name}"):
+            if not pool.isActive():
+                pool.create()
+
+    def pool_xml(self, name: str) -> PoolXML:
+        """The pool's XML (target path, capacity, available space)."""
+        pool = self._pool(name)
+        with map_errors(self.uri, what=f"read pool {name}"):
+            pool.refresh(0)
+            return PoolXML.from_xml(pool.XMLDesc())
+
+    def list_volumes(self, pool_name: str) -> list[Volume]:
+        """Every volume in a pool."""
+        pool = self._pool(pool_name)
+        with map_errors(self.uri, what=f"list volumes of {pool_name}"):
+            vols = [
+                convert.volume(pool_name, VolumeXML.from_xml(v.XMLDesc()))
+                for v in pool.listAllVolumes()
+            ]
+        return sorted(vols, key=lambda v: v.name)
+
+    def _volume(self, pool_name: str, name: str, kind: str = "volume") -> libvirt.virStorageVol:
+        pool = self._pool(pool_name)
+        with map_errors(
+            self.uri, not_found=f"no {kind} named {name!r} in pool {pool_name} on {self.uri}"
+        ):
+            return pool.storageVolLookupByName(name)
+
+    def has_volume(self, pool_name: str, name: str) -> bool:
+        """Whether the pool holds a volume of that name."""
+        pool = self._pool(pool_name)
+        try:
+            pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False
+            raise translate(e, self.uri) from e
+        return True
+
+    def volume(self, pool_name: str, name: str) -> Volume:
+        """One volume."""
+        vol = self._volume(pool_name, name)
+        with map_errors(self.uri, what=f"read volume {name}"):
+            return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
+
+    def create_volume(self, pool_name: str, xml: VolumeXML) -> Volume:
+        """Create a volume from XML (an overlay when the XML has a backing store)."""
+        pool = self._pool(pool_name)
+        with map_errors(self.uri, what=f"create volume {xml.name}"):
+            vol = pool.createXML(xml.to_xml(), 0)
+            return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
+
+    def clone_volume(self, pool_name: str, xml: VolumeXML, source: str) -> Volume:
+        """Create a volume as a full copy of another volume of the same pool."""
+        pool = self._pool(pool_name)
+        src = self._volume(pool_name, source)
+        with map_errors(self.uri, what=f"copy volume {source} to {xml.name}"):
+            vol = pool.createXMLFrom(xml.to_xml(), src, 0)
+            return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
+
+    def delete_volume(self, pool_name: str, name: str) -> None:
+        """Delete a volume (missing is fine: deletion is idempotent)."""
+        try:
+            vol = self._conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+            vol.delete(0)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                return
+            raise translate(e, self.uri, what=f"delete volume {name}") from e
+
+    def upload_volume(
+        self,
+        pool_name: str,
+        name: str,
+        data: Path | bytes,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Write a local file or bytes into an existing volume through a libvirt stream."""
+        vol = self._volume(pool_name, name)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        stream = self._conn.newStream(0)
+        done = 0
+        with map_errors(self.uri, what=f"upload into {name}"), _chunks(data) as chunks:
+            vol.upload(stream, 0, size, 0)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        sent = stream.send(view.tobytes())
+                        view = view[sent:]
+                        done += sent
+                    if progress:
+                        progress(done, size)
+                stream.finish()
+            except BaseException:
+                stream.abort()
+                raise
+
+
+@contextmanager
+def _chunks(data: Path | bytes, size: int = 4 * 1024 * 1024) -> Iterator[Iterator[bytes]]:
+    if isinstance(data, bytes):
+        yield iter([data[i : i + size] for i in range(0, len(data), size)])
+        return
+    with data.open("rb") as f:
+        yield iter(lambda: f.read(size), b"")
+
+
+def _version(n: int) -> str:
+    return f"{n // 1000000}.{(n // 1000) % 1000}.{n % 1000}"
