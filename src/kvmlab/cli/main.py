@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class State:
     """What the global options set, passed to every command."""
 
-    env: Env
+    env: Env = field(default_factory=Env)
     json: bool = False
     debug: bool = False
 
