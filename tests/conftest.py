@@ -8,6 +8,15 @@ from pathlib import Path
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regen-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/data/golden/*.xml from the current output instead of comparing",
+    )
+
+
 @pytest.fixture(scope="session")
 def test_cache() -> Path:
     """Where downloaded Debian packages and built images are kept between test runs."""

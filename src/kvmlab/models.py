@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class MachineState(str, Enum):
+class MachineState(StrEnum):
     """A machine's run state, in the user's words."""
 
     RUNNING = "running"
@@ -19,7 +19,7 @@ class MachineState(str, Enum):
     UNKNOWN = "unknown"
 
 
-class CheckStatus(str, Enum):
+class CheckStatus(StrEnum):
     """Outcome of one host-readiness check."""
 
     OK = "ok"

@@ -12,7 +12,7 @@ import re
 from kvmlab.errors import InvalidInput
 
 MAX_NAME_LENGTH = 64
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def validate_name(name: str, kind: str = "machine") -> str:
@@ -33,7 +33,7 @@ def validate_name(name: str, kind: str = "machine") -> str:
         )
     if ".." in name:
         raise InvalidInput(f"{kind} name {name!r} contains '..'", hint=rule)
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         bad = sorted({c for c in name if not re.match(r"[A-Za-z0-9._-]", c)})
         if name[0] in "-._":
             what = f"starts with {name[0]!r}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from kvmlab.errors import InvalidInput
@@ -19,7 +19,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECA
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
-class Accel(str, Enum):
+class Accel(StrEnum):
     """How QEMU runs guest code: hardware virtualization or software emulation."""
 
     KVM = "kvm"
@@ -66,6 +66,8 @@ class NicSpec:
 
     def __post_init__(self) -> None:
         validate_name(self.network, "network")
+        if self.mac is not None:
+            object.__setattr__(self, "mac", self.mac.strip().lower())
         if self.mac is not None and not re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", self.mac):
             raise InvalidInput(
                 f"MAC address {self.mac!r} is not valid", hint="write it like 52:54:00:12:34:56"

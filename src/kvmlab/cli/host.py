@@ -32,7 +32,7 @@ def check(state: State, no_probe: bool) -> None:
             None,
             ["", "CHECK", "DETAIL"],
             [(marks[c.status], c.name, c.detail + (f"\n  fix: {c.fix}" if c.fix else ""))
-             for c in checks],  # fmt: skip
+             for c in checks],
         )
     if any(c.status is CheckStatus.FAIL for c in checks):
         click.get_current_context().exit(int(ExitStatus.UNAVAILABLE))

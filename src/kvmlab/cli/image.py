@@ -47,5 +47,5 @@ def list_(state: State) -> None:
         None,
         ["NAME", "FORMAT", "SIZE", "ON DISK", "PATH"],
         [(v.name, v.format or "-", format_size(v.capacity), format_size(v.allocation), v.path)
-         for v in vols],  # fmt: skip
+         for v in vols],
     )

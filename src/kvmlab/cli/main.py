@@ -27,6 +27,7 @@ class State:
     env: Env = field(default_factory=Env)
     json: bool = False
     debug: bool = False
+    injected: bool = False  # env given by the caller (tests): keep its connection open
 
 
 pass_state = click.make_pass_decorator(State)
@@ -71,19 +72,21 @@ def json_option(f: F) -> F:
 @click.pass_context
 def cli(ctx: click.Context, uri: str, as_json: bool, debug: bool, accel: str | None) -> None:
     """kvmlab: KVM/QEMU virtual machines through libvirt."""
-    env = Env(uri=uri)
+    state = ctx.ensure_object(State)
+    if not state.injected:
+        state.env = Env(uri=uri)
+        ctx.call_on_close(state.env.close)
+    env = state.env
     if accel:
         from kvmlab.specs import Accel
 
         env.accel = Accel(accel)
-    state = ctx.ensure_object(State)
-    state.env, state.debug = env, debug
+    state.debug = debug
     state.json = state.json or as_json
     if not state.json:
         from kvmlab.cli.output import say
 
         env.progress = lambda msg: say(f"… {msg}")
-    ctx.call_on_close(env.close)
 
 
 @cli.command("ls")
@@ -133,12 +136,16 @@ def _register() -> None:
 _register()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; map every error to one exit code, in this one place."""
+def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
+    """Run the CLI; map every error to one exit code, in this one place.
+
+    ``env`` injects the environment (tests pass one whose connection outlives the call).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    obj = State(env=env, injected=True) if env is not None else State()
     try:
-        rc = cli.main(args=args, prog_name="kvmlab", standalone_mode=False)
+        rc = cli.main(args=args, prog_name="kvmlab", standalone_mode=False, obj=obj)
     except KvmlabError as e:
         if debug:
             traceback.print_exc()

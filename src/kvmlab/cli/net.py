@@ -75,7 +75,7 @@ def list_(state: State) -> None:
             (n.name, n.mode, "yes" if n.active else "no", n.subnet or "-", n.gateway or "-",
              n.bridge or "-", "yes" if n.autostart else "no")
             for n in nets
-        ],  # fmt: skip
+        ],
     )
 
 

@@ -171,7 +171,7 @@ def ip(state: State, name: str, wait: bool, timeout: float) -> None:
     if wait:
         addrs = machines.wait_for_address(state.env, name, timeout)
     else:
-        addrs = machines.get_machine(state.env, name).addresses
+        addrs = list(machines.get_machine(state.env, name).addresses)
     if state.json:
         emit_json([{"ip": a.ip, "mac": a.mac, "source": a.source} for a in addrs])
         return

@@ -10,7 +10,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,8 @@ class Hypervisor:
 
     def close(self) -> None:
         """Close the connection."""
-        try:
+        with suppress(libvirt.libvirtError):
             self._conn.close()
-        except libvirt.libvirtError:
-            pass
 
     # -- host -------------------------------------------------------------------------------
     def daemon_info(self) -> dict[str, str]:
@@ -427,7 +425,8 @@ class Hypervisor:
             vol = self._conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
             vol.delete(0)
         except libvirt.libvirtError as e:
-            if e.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
+            gone = (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL)
+            if e.get_error_code() in gone:
                 return
             raise translate(e, self.uri, what=f"delete volume {name}") from e
 

@@ -6,6 +6,7 @@ import os
 import termios
 import threading
 import tty
+from contextlib import suppress
 
 from kvmlab.env import Env
 from kvmlab.names import validate_name
@@ -48,7 +49,5 @@ def attach(env: Env, name: str, in_fd: int, out_fd: int) -> None:
         done.set()
         if old is not None:
             termios.tcsetattr(in_fd, termios.TCSADRAIN, old)
-        try:
+        with suppress(Exception):  # already closed by the daemon
             stream.finish()
-        except Exception:  # already closed by the daemon
-            pass

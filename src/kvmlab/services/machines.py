@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 
 from kvmlab import errors
@@ -108,10 +108,8 @@ def _undo_on_error() -> Iterator[list[Callable[[], None]]]:
         yield steps
     except BaseException:
         for step in reversed(steps):
-            try:
+            with suppress(errors.KvmlabError):  # keep the original error
                 step()
-            except errors.KvmlabError:
-                pass  # keep the original error; leftovers are reported by the caller
         raise
 
 

@@ -8,6 +8,7 @@ again reuses what exists.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from kvmlab import errors
 from kvmlab.env import Env
@@ -29,9 +30,9 @@ def free_subnet(env: Env, candidates: range = range(70, 250)) -> str:
 
 def _local_routes() -> list[ipaddress.IPv4Network]:
     """Destinations of the local host's IPv4 routes (from /proc/net/route)."""
-    out = []
+    out: list[ipaddress.IPv4Network] = []
     try:
-        lines = open("/proc/net/route").read().splitlines()[1:]
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
     except OSError:
         return out
     for line in lines:

@@ -1,0 +1,1 @@
+"""kvmlab's libvirt adapter: the only package that imports libvirt."""
