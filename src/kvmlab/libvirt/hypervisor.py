@@ -167,12 +167,11 @@ class Hypervisor:
             dom.resume()
 
     def undefine(self, name: str) -> None:
-        """Remove a stopped machine's definition (snapshot metadata and NVRAM too)."""
+        """Remove a stopped machine's definition, with its snapshot and managed-save data."""
         dom = self._domain(name)
         flags = (
             libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
         )
         with map_errors(self.uri, what=f"delete {name}"):
             dom.undefineFlags(flags)
