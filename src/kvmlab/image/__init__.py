@@ -1,0 +1,1 @@
+"""Image builders: the built-in tiny image and NoCloud seeds."""
