@@ -67,7 +67,7 @@ class NicSpec:
     def __post_init__(self) -> None:
         validate_name(self.network, "network")
         if self.mac is not None:
-            object.__setattr__(self, "mac", self.mac.strip().lower())
+            object.__setattr__(self, "mac", self.mac.lower())
         if self.mac is not None and not re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", self.mac):
             raise InvalidInput(
                 f"MAC address {self.mac!r} is not valid", hint="write it like 52:54:00:12:34:56"

@@ -106,12 +106,17 @@ def probe(env: Env, kernel: Path, initrd: Path | None = None) -> ProbeResult:
         recommended = "kvm"
         reason = f"KVM boots normally ({kvm_bytes} vs {tcg_bytes} console bytes under TCG)"
     else:
-        slower = tcg_bytes / max(kvm_bytes, 1)
         recommended = "tcg"
+        if kvm_bytes == 0:
+            progress = f"KVM made no visible progress while TCG printed {tcg_bytes} bytes"
+        else:
+            progress = (
+                f"KVM is about {tcg_bytes / kvm_bytes:.0f}x slower ({kvm_bytes} vs "
+                f"{tcg_bytes} console bytes)"
+            )
         reason = (
-            f"KVM is usable but about {slower:.0f}x slower than software emulation "
-            f"({kvm_bytes} vs {tcg_bytes} console bytes in {PROBE_SECONDS:.0f} s; "
-            "typical of nested virtualization)"
+            f"KVM is usable but far slower than software emulation: {progress} of kernel "
+            f"boot log in {PROBE_SECONDS:.0f} s (typical of nested virtualization)"
         )
     result = ProbeResult(
         recommended=recommended,
