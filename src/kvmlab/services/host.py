@@ -68,9 +68,30 @@ def check_cpu() -> HostCheck:
     )
 
 
+def kvm_group_access() -> bool | None:
+    """Whether group ``kvm`` may read and write /dev/kvm (None: no device or no such group)."""
+    import grp
+
+    try:
+        st = os.stat("/dev/kvm")
+        gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return None
+    return st.st_gid == gid and st.st_mode & 0o060 == 0o060
+
+
 def check_kvm_device() -> HostCheck:
-    """Can /dev/kvm be opened?"""
+    """Can /dev/kvm be opened, by us and by the kvm group QEMU runs in?"""
     usable, why = accel.kvm_device_usable()
+    if usable and kvm_group_access() is False:
+        return HostCheck(
+            "/dev/kvm",
+            WARN,
+            "/dev/kvm is not read-write for group kvm, so QEMU (user libvirt-qemu) cannot use "
+            "it and libvirt re-probes QEMU on every define (about a minute each); udev's rule "
+            "did not run on this host",
+            "`kvmlab host setup` (sets root:kvm 0660, as udev would)",
+        )
     if usable:
         return HostCheck("/dev/kvm", OK, why)
     fix = "load the module: `modprobe kvm_intel` or `modprobe kvm_amd`"
@@ -95,9 +116,7 @@ def check_daemon(env: Env) -> HostCheck:
         info = env.hypervisor.daemon_info()
     except errors.DaemonUnavailable as e:
         return HostCheck("libvirt daemon", FAIL, e.message, e.hint)
-    kind = "libvirtd (monolithic)"
-    if Path("/run/libvirt/virtqemud-sock").exists() and not _running("libvirtd"):
-        kind = "virtqemud (modular)"
+    kind = _daemon_kind(env.uri)
     return HostCheck(
         "libvirt daemon",
         OK,
@@ -106,15 +125,18 @@ def check_daemon(env: Env) -> HostCheck:
     )
 
 
-def _running(process: str) -> bool:
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == process:
-                    return True
-            except OSError:
-                continue
-    return False
+def _daemon_kind(uri: str) -> str:
+    """Monolithic libvirtd or modular virtqemud, from the socket the URI leads to."""
+    from urllib.parse import parse_qs, urlsplit
+
+    given = parse_qs(urlsplit(uri).query).get("socket")
+    if given:
+        sock = Path(given[0])
+    elif _answers(Path("/run/libvirt/virtqemud-sock")) and not _answers(LIBVIRT_SOCK):
+        sock = Path("/run/libvirt/virtqemud-sock")
+    else:
+        sock = LIBVIRT_SOCK
+    return "virtqemud (modular)" if "virtqemud" in sock.name else "libvirtd (monolithic)"
 
 
 def check_bridge_tun() -> HostCheck:
@@ -195,6 +217,7 @@ def check(env: Env, run_probe: bool = True) -> list[HostCheck]:
 
 
 Runner = Callable[[list[str]], None]
+LIBVIRT_SOCK = Path("/run/libvirt/libvirt-sock")
 
 
 def _run(argv: list[str]) -> None:
@@ -238,31 +261,64 @@ def setup(env: Env, run: Runner = _run) -> list[str]:
             "no supported package manager (apt-get or dnf) found",
             "install QEMU and libvirt with your distribution's tools",
         )
+    done += fix_kvm_permissions()
     done += start_daemon(run)
     return done
 
 
-def start_daemon(run: Runner = _run) -> list[str]:
-    """Start libvirtd (systemctl where systemd runs, else directly). Idempotent."""
-    if Path("/run/systemd/system").is_dir():
-        if not _running("libvirtd") and not _running("virtqemud"):
-            run(["systemctl", "enable", "--now", "libvirtd"])
-            return ["started libvirtd with systemctl"]
+def fix_kvm_permissions() -> list[str]:
+    """Give group kvm read-write access to /dev/kvm, as udev's rule does on a normal host.
+
+    Without udev (containers, hosts without systemd) /dev/kvm stays root-only; QEMU, run by
+    libvirt as libvirt-qemu, then cannot open it, libvirt's capability cache is never valid
+    and every define re-probes QEMU for about a minute.
+    """
+    import grp
+
+    if kvm_group_access() is not False:
         return []
+    os.chown("/dev/kvm", 0, grp.getgrnam("kvm").gr_gid)
+    os.chmod("/dev/kvm", 0o660)
+    return ["gave group kvm read-write access to /dev/kvm (udev's rule had not run)"]
+
+
+def _answers(sock: Path) -> bool:
+    """Whether a unix socket accepts connections (a daemon is listening)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
+def start_daemon(run: Runner = _run) -> list[str]:
+    """Start libvirtd (systemctl where systemd runs, else directly) unless one answers.
+
+    "Running" means the daemon's socket answers, not that a process of that name exists: a
+    libvirtd in another mount namespace does not serve this host's /run/libvirt.
+    """
+    if _answers(LIBVIRT_SOCK) or _answers(Path("/run/libvirt/virtqemud-sock")):
+        return []
+    if Path("/run/systemd/system").is_dir():
+        run(["systemctl", "enable", "--now", "libvirtd"])
+        _wait_for_socket(LIBVIRT_SOCK)
+        return ["started libvirtd with systemctl"]
     done = []
-    if not _running("virtlogd"):
+    if not _answers(Path("/run/libvirt/virtlogd-sock")):
         run(["virtlogd", "-d"])
         done.append("started virtlogd")
-    if not _running("libvirtd"):
-        run(["libvirtd", "-d"])
-        done.append("started libvirtd")
-        _wait_for_socket(Path("/run/libvirt/libvirt-sock"))
+    run(["libvirtd", "-d"])
+    done.append("started libvirtd")
+    _wait_for_socket(LIBVIRT_SOCK)
     return done
 
 
 def _wait_for_socket(sock: Path, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
-    while not sock.exists():
+    while not _answers(sock):
         if time.monotonic() > deadline:
             raise errors.DaemonUnavailable(
                 f"libvirtd started but {sock} did not appear within {timeout:.0f} s",
