@@ -16,9 +16,9 @@ def _mark(name: str) -> None:
 
 
 def main(uri: str) -> dict[str, float]:
-    import kvmlab.cli.main  # noqa: F401  (what the console script imports first)
+    import kvmlab.cli.fast  # noqa: F401  (what the console script imports first)
 
-    _mark("import kvmlab.cli.main (click, commands)")
+    _mark("import kvmlab.cli.fast (the console script entry)")
     from kvmlab.cli.output import emit_json
     from kvmlab.env import Env
     from kvmlab.services.machines import list_machines

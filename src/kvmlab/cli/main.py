@@ -7,9 +7,7 @@ result. Services are imported inside commands so ``kvmlab ls --json`` stays fast
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
@@ -20,14 +18,14 @@ from kvmlab.errors import ExitStatus, KvmlabError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
 class State:
     """What the global options set, passed to every command."""
 
-    env: Env = field(default_factory=Env)
-    json: bool = False
-    debug: bool = False
-    injected: bool = False  # env given by the caller (tests): keep its connection open
+    def __init__(self, env: Env | None = None, injected: bool = False) -> None:
+        self.env = env or Env()
+        self.json = False
+        self.debug = False
+        self.injected = injected  # env given by the caller (tests): keep its connection open
 
 
 pass_state = click.make_pass_decorator(State)
@@ -147,10 +145,9 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
     try:
         rc = cli.main(args=args, prog_name="kvmlab", standalone_mode=False, obj=obj)
     except KvmlabError as e:
-        if debug:
-            traceback.print_exc()
-        click.echo(f"error: {e}", err=True)
-        return int(e.exit_status)
+        from kvmlab.cli.output import report_error
+
+        return report_error(e, debug)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return int(ExitStatus.INTERRUPTED)
@@ -162,14 +159,11 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
         return int(ExitStatus.INTERRUPTED)
     except Exception as e:  # the last line of defence: no traceback without --debug
         if debug:
+            import traceback
+
             traceback.print_exc()
         else:
             click.echo(f"error: unexpected {type(e).__name__}: {e}", err=True)
             click.echo("  hint: run again with --debug to see where it happened", err=True)
         return int(ExitStatus.ERROR)
     return rc if isinstance(rc, int) else int(ExitStatus.OK)
-
-
-def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())

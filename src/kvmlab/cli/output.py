@@ -7,14 +7,24 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import click
-
+from kvmlab.errors import KvmlabError
 from kvmlab.models import Machine
 
 
 def emit_json(data: Any) -> None:
     """Write ``data`` as JSON to stdout."""
-    click.echo(json.dumps(data, indent=2, default=str))
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def report_error(e: KvmlabError, debug: bool = False) -> int:
+    """Print a kvmlab error for a person (traceback only with --debug); return the exit code."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    sys.stderr.write(f"error: {e}\n")
+    return int(e.exit_status)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -59,4 +69,5 @@ def machines_table(machines: Sequence[Machine]) -> None:
 
 def say(message: str) -> None:
     """A progress or status line for people, on stderr."""
-    click.echo(message, err=True)
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()

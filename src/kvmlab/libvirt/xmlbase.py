@@ -18,6 +18,7 @@ application's ``libosinfo:``) and writes libvirt's style (two-space indent, sing
 from __future__ import annotations
 
 import copy
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Generic, TypeVar, overload
@@ -240,26 +241,24 @@ def with_namespace(elem: ET.Element, uri: str | None) -> ET.Element:
     return new
 
 
+_XMLNS_RE = re.compile(r"""xmlns:([A-Za-z_][\w.-]*)\s*=\s*(?:'([^']*)'|"([^"]*)")""")
+
+
 def _parse(xml: str) -> tuple[ET.Element, dict[str, str]]:
-    """Parse ``xml``, also returning the namespace prefixes it declared (uri -> prefix)."""
-    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start-ns", "start"))
+    """Parse ``xml``, also returning the namespace prefixes it declared (uri -> prefix).
+
+    ``ET.fromstring`` is about three times faster than a pull parser reporting ``start-ns``
+    events, and ``kvmlab ls`` parses every domain; the declared prefixes are read from the
+    text instead (only ``to_xml`` needs them).
+    """
     try:
-        parser.feed(xml)
-        parser.close()
+        root = ET.fromstring(xml)
     except ET.ParseError as e:
         raise InvalidInput(f"not valid XML: {e}") from e
     prefixes: dict[str, str] = {}
-    root: ET.Element | None = None
-    for event in parser.read_events():
-        data = event[-1]
-        if isinstance(data, tuple):
-            prefix, uri = data
-            if prefix:
-                prefixes.setdefault(uri, prefix)
-        elif isinstance(data, ET.Element) and root is None:
-            root = data
-    if root is None:
-        raise InvalidInput("empty XML document")
+    if "xmlns:" in xml:
+        for m in _XMLNS_RE.finditer(xml):
+            prefixes.setdefault(m.group(2) if m.group(2) is not None else m.group(3), m.group(1))
     return root, prefixes
 
 

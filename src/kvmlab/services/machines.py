@@ -7,16 +7,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from kvmlab import errors
 from kvmlab.env import Env
-from kvmlab.libvirt.build import domain_from_spec, qcow2_volume, random_mac, raw_volume
 from kvmlab.models import Address, Machine, MachineState
 from kvmlab.names import validate_name
-from kvmlab.services import accel as accel_service
-from kvmlab.services.images import get_image
-from kvmlab.services.storage import MACHINE_POOL, ensure_pools
-from kvmlab.specs import Accel, MachineSpec
+from kvmlab.services.storage import MACHINE_POOL
+
+if TYPE_CHECKING:
+    from kvmlab.specs import Accel, MachineSpec
+
+# Creating machines needs the XML builders, the image service and the accelerator probe;
+# they are imported inside create() so `kvmlab ls` does not pay for them at start-up.
 
 STOP_TIMEOUT = 60.0
 
@@ -51,9 +54,7 @@ def list_machines(env: Env, with_addresses: bool = True) -> list[Machine]:
 
 
 def _with_addresses(m: Machine, addrs: list[Address]) -> Machine:
-    from dataclasses import replace
-
-    return replace(m, addresses=tuple(addrs))
+    return m._replace(addresses=tuple(addrs))
 
 
 def get_machine(env: Env, name: str) -> Machine:
@@ -115,6 +116,8 @@ def _undo_on_error() -> Iterator[list[Callable[[], None]]]:
 
 def resolve_accel(env: Env) -> Accel:
     """The accelerator for new machines: ``--accel``, the cached probe, or probe now."""
+    from kvmlab.services import accel as accel_service
+
     if env.accel is not None:
         return env.accel
     caps = env.hypervisor.capabilities()
@@ -143,6 +146,9 @@ def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
     if a later step fails.
     """
     from kvmlab.image.seed import make_nocloud_seed
+    from kvmlab.libvirt.build import domain_from_spec, qcow2_volume, random_mac, raw_volume
+    from kvmlab.services.images import get_image
+    from kvmlab.services.storage import ensure_pools
 
     hv = env.hypervisor
     if hv.has_machine(spec.name):

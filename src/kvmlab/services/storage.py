@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvmlab.env import Env
-from kvmlab.libvirt.build import dir_pool
 
 IMAGE_POOL = "kvmlab-images"
 MACHINE_POOL = "kvmlab"
@@ -25,5 +24,7 @@ def pool_dir(env: Env, pool: str) -> str:
 
 def ensure_pools(env: Env) -> None:
     """Create kvmlab's pools if missing and make sure they are active."""
+    from kvmlab.libvirt.build import dir_pool  # not at import: keeps `kvmlab ls` light
+
     for pool in (IMAGE_POOL, MACHINE_POOL):
         env.hypervisor.ensure_pool(dir_pool(pool, pool_dir(env, pool)))
