@@ -288,7 +288,8 @@ class _Keeper:
             )
 
     def _start_daemons(self) -> None:
-        for sub in ("libvirt", "libvirt/qemu", "libvirt/network"):
+        # /run/lock (= /var/lock): libvirt locks a console's pty there (LCK.._pts_N)
+        for sub in ("libvirt", "libvirt/qemu", "libvirt/network", "lock"):
             Path("/run", sub).mkdir(parents=True, exist_ok=True)
         Path("/var/log/libvirt/qemu").mkdir(parents=True, exist_ok=True)
         for argv in (["virtlogd", "-d"], ["libvirtd", "-d"]):

@@ -246,13 +246,13 @@ class Hypervisor:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def open_console(self, name: str) -> Any:
-        """Open the serial console as a libvirt stream (the caller drives it)."""
+    def open_console(self, name: str) -> ConsoleStream:
+        """Open the machine's serial console (works over remote URIs too)."""
         dom = self._domain(name)
         stream = self._conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
         with map_errors(self.uri, what=f"console of {name}"):
             dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
-        return stream
+        return ConsoleStream(stream)
 
     # -- networks ---------------------------------------------------------------------------
     def _network(self, name: str) -> libvirt.virNetwork:
@@ -411,10 +411,12 @@ class Hypervisor:
             vol = pool.createXML(xml.to_xml(), 0)
             return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
 
-    def clone_volume(self, pool_name: str, xml: VolumeXML, source: str) -> Volume:
-        """Create a volume as a full copy of another volume of the same pool."""
+    def clone_volume(
+        self, pool_name: str, xml: VolumeXML, source: str, source_pool: str | None = None
+    ) -> Volume:
+        """Create a volume as a full copy of another volume (of ``source_pool``, default same)."""
         pool = self._pool(pool_name)
-        src = self._volume(pool_name, source)
+        src = self._volume(source_pool or pool_name, source)
         with map_errors(self.uri, what=f"copy volume {source} to {xml.name}"):
             vol = pool.createXMLFrom(xml.to_xml(), src, 0)
             return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
@@ -457,6 +459,41 @@ class Hypervisor:
             except BaseException:
                 stream.abort()
                 raise
+
+
+class ConsoleStream:
+    """A serial console as bytes in and out; hides the libvirt stream from the services."""
+
+    def __init__(self, stream: libvirt.virStream) -> None:
+        self._stream = stream
+
+    def recv(self, size: int = 4096) -> bytes | None:
+        """Bytes from the guest; None when nothing is there yet; b"" once it closed."""
+        try:
+            data = self._stream.recv(size)
+        except libvirt.libvirtError:
+            return b""
+        if isinstance(data, int):  # -2: would block
+            return None
+        return bytes(data)
+
+    def send(self, data: bytes) -> None:
+        """Bytes to the guest."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._stream.send(view.tobytes())
+            except libvirt.libvirtError:
+                return  # the console closed; the reader notices
+            if sent == -2:
+                time.sleep(0.01)
+                continue
+            view = view[sent:]
+
+    def close(self) -> None:
+        """Close the console."""
+        with suppress(libvirt.libvirtError):
+            self._stream.finish()
 
 
 @contextmanager

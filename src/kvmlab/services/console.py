@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
 import termios
 import threading
 import tty
-from contextlib import suppress
 
 from kvmlab.env import Env
 from kvmlab.names import validate_name
@@ -17,21 +17,18 @@ ESCAPE = b"\x1d"  # Ctrl-], as virsh console
 def attach(env: Env, name: str, in_fd: int, out_fd: int) -> None:
     """Copy between the terminal and the machine's serial console until Ctrl-] is pressed."""
     validate_name(name, "machine")
-    stream = env.hypervisor.open_console(name)
+    console = env.hypervisor.open_console(name)
     done = threading.Event()
 
     def pump_out() -> None:
-        try:
-            while not done.is_set():
-                data = stream.recv(4096)
-                if isinstance(data, int):  # -2: would block
-                    done.wait(0.02)
-                    continue
-                if not data:
-                    break
-                os.write(out_fd, data)
-        except Exception:  # the stream closes when the machine stops; nothing to report
-            pass
+        while not done.is_set():
+            data = console.recv()
+            if data is None:
+                done.wait(0.02)
+                continue
+            if not data:
+                break
+            os.write(out_fd, data)
         done.set()
 
     reader = threading.Thread(target=pump_out, daemon=True)
@@ -41,13 +38,17 @@ def attach(env: Env, name: str, in_fd: int, out_fd: int) -> None:
         if old is not None:
             tty.setraw(in_fd)
         while not done.is_set():
+            ready, _, _ = select.select([in_fd], [], [], 0.1)
+            if not ready:
+                continue
             data = os.read(in_fd, 1024)
             if not data or ESCAPE in data:
+                console.send(data.split(ESCAPE, 1)[0])
                 break
-            stream.send(data)
+            console.send(data)
     finally:
         done.set()
         if old is not None:
             termios.tcsetattr(in_fd, termios.TCSADRAIN, old)
-        with suppress(Exception):  # already closed by the daemon
-            stream.finish()
+        reader.join(timeout=1)
+        console.close()

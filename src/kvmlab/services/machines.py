@@ -174,7 +174,9 @@ def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
     with _undo_on_error() as undo:
         env.progress(f"creating disk {disk_name}")
         if spec.full_copy:
-            hv.clone_volume(MACHINE_POOL, qcow2_volume(disk_name, capacity), image.name)
+            hv.clone_volume(
+                MACHINE_POOL, qcow2_volume(disk_name, capacity), image.name, image.pool
+            )
         else:
             hv.create_volume(
                 MACHINE_POOL, qcow2_volume(disk_name, capacity, backing=(image.path, "qcow2"))
