@@ -22,6 +22,9 @@ PACKAGES=(
 if [ "${1:-}" = "--test" ]; then
     # virt-xml-validate (golden-file tests), virt-clone/virt-install (benchmarks' peers)
     PACKAGES+=(virtinst libxml2-utils)
+    # the ISO boot test builds an El Torito CD with ISOLINUX; the Debian cloud-init test
+    # builds its image with mmdebstrap
+    PACKAGES+=(isolinux mmdebstrap)
 fi
 
 missing=()

@@ -123,3 +123,15 @@ class OperationFailed(KvmlabError):
 
 class Timeout(KvmlabError):
     """Waited for something that did not happen in time."""
+
+
+class SnapshotUnsupported(Conflict):
+    """The machine cannot hold a kvmlab snapshot (a raw disk, external snapshots, ...)."""
+
+
+class HasDependents(Conflict):
+    """A machine's volumes are the base of other machines' disks (linked clones)."""
+
+    def __init__(self, message: str, dependents: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.dependents = dependents

@@ -160,3 +160,122 @@ class ExecResult(NamedTuple):
             "stdout": self.stdout.decode(errors="replace"),
             "stderr": self.stderr.decode(errors="replace"),
         }
+
+
+class NetworkPort(NamedTuple):
+    """One machine NIC plugged into a network's virtual switch (``kvmlab net show``)."""
+
+    machine: str
+    state: MachineState
+    mac: str
+    port: str | None  # the host-side tap (vnetN) while the machine runs
+    ip: str | None
+    source: str | None  # where the IP came from: "lease", "agent", "arp"
+
+
+class NetworkTopology(NamedTuple):
+    """A network drawn as the user thinks of it: router, switch, and the machines' ports."""
+
+    network: Network
+    router: str | None  # the virtual router's address (the host's side of the switch)
+    forwards: bool  # whether the router leads out (nat/bridge) or not (isolated)
+    switch: str | None  # the Linux bridge, e.g. virbr1
+    ports: tuple[NetworkPort, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dict(_plain(self))
+
+
+class SnapshotKind(StrEnum):
+    """What a snapshot holds: the disks and the guest's RAM, or the disks only."""
+
+    MEMORY = "memory"
+    DISK = "disk"
+
+
+class Snapshot(NamedTuple):
+    """A snapshot of a machine, as libvirt (plus kvmlab's snapshot journal) knows it."""
+
+    machine: str
+    name: str
+    kind: SnapshotKind
+    state: str  # the machine's state when taken, libvirt's word: running, shutoff, paused
+    location: str  # internal | external
+    created: int  # seconds since the epoch
+    parent: str | None = None
+    description: str | None = None
+    current: bool = False
+    children: tuple[str, ...] = ()
+    vm_state_size: int | None = None  # bytes of saved RAM/device state; None: unknown
+    quiesced: bool | None = None  # disk snapshots of running machines: filesystems frozen?
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dict(_plain(self))
+
+
+class TryResult(NamedTuple):
+    """What ``kvmlab try`` did: the command, its check, and the state it left the VM in."""
+
+    machine: str
+    command: tuple[str, ...]
+    exit_code: int | None  # None: the command did not finish (agent lost, timeout)
+    stdout: bytes
+    stderr: bytes
+    check: str | None  # the check command; None: the command's exit code decides
+    check_exit_code: int | None
+    succeeded: bool
+    reverted: bool
+    checkpoint: str
+    checkpoint_kept: bool
+    state: MachineState
+    error: str | None = None  # why the command did not finish
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (output decoded as UTF-8 with replacement)."""
+        d = dict(_plain(self))
+        d["stdout"] = self.stdout.decode(errors="replace")
+        d["stderr"] = self.stderr.decode(errors="replace")
+        return d
+
+
+class Template(NamedTuple):
+    """A machine frozen as a template: clones are made from it, it never runs itself."""
+
+    name: str
+    image: str | None
+    disks: tuple[str, ...]  # pool/volume of the read-only base volumes
+    dependents: tuple[str, ...]  # machines whose disks are overlays on it (at any depth)
+    created: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dict(_plain(self))
+
+
+class CloneProgress(NamedTuple):
+    """Where ``kvmlab clone`` is: clone ``number`` (1-based) of ``total``, bytes copied."""
+
+    machine: str
+    number: int
+    total: int
+    copied: int  # bytes of this clone's full copy written so far (0 for linked clones)
+    size: int  # bytes this clone's full copy is expected to take (0 for linked clones)
+    done: bool = False  # this clone is whole (defined, and started if asked)
+
+
+class PortForward(NamedTuple):
+    """A host port forwarded to a machine on a NAT network (``kvmlab port``)."""
+
+    machine: str
+    proto: str  # tcp | udp
+    host_ip: str | None  # None: every address of the daemon's host
+    host_port: int
+    guest_ip: str
+    guest_port: int
+    network: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dict(_plain(self))

@@ -86,10 +86,17 @@ class MachineSpec:
     nics: tuple[NicSpec, ...] = ()
     full_copy: bool = False
     hostname: str | None = None
+    # issue 6: install media. ``cdrom``: an ISO image booted before an empty disk of
+    # ``disk_size``; ``kernel``/``initrd``: image-pool volumes for direct kernel boot.
+    cdrom: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
 
     def __post_init__(self) -> None:
         validate_name(self.name, "machine")
         validate_name(self.image, "image")
+        self._check_install_media()
         if not 1 <= self.cpus <= 256:
             raise InvalidInput(f"--cpus must be between 1 and 256, not {self.cpus}")
         if self.memory < 32 * 1024**2:
@@ -103,6 +110,19 @@ class MachineSpec:
     def effective_hostname(self) -> str:
         """The guest hostname: given one or the machine name."""
         return self.hostname or self.name
+
+    def _check_install_media(self) -> None:  # issue 6
+        for what, value in (("--cdrom", self.cdrom), ("--kernel", self.kernel),
+                            ("--initrd", self.initrd)):  # fmt: skip
+            if value is not None:
+                validate_name(value, f"{what} image")
+        if self.cdrom and self.disk_size is None:
+            raise InvalidInput(
+                "--cdrom needs --disk: the size of the empty disk to install onto",
+                hint="e.g. --disk 10G",
+            )
+        if (self.initrd or self.cmdline) and not self.kernel:
+            raise InvalidInput("--initrd and --cmdline need --kernel")
 
 
 NetworkMode = Literal["nat", "isolated", "bridge"]

@@ -9,21 +9,27 @@ from kvmlab.cli.main import State, json_option, pass_state
 
 @click.group("image")
 def image() -> None:
-    """Build and list images."""
+    """Build, pull, import, list and remove images."""
 
 
 @image.command("build")
-@click.argument("name", type=click.Choice(["tiny"]))
+@click.argument("name", type=click.Choice(["tiny", "debian"]))  # debian: issue 6
 @click.option("--force", is_flag=True, help="Upload again even if the pool has it.")
 @json_option
 @pass_state
 def build(state: State, name: str, force: bool) -> None:
-    """Build a built-in image (tiny: Debian kernel + busybox + guest agent)."""
+    """Build a built-in image (tiny: Debian kernel + busybox + guest agent; debian:
+    debootstrap'ed Debian 12 with systemd, cloud-init, sshd and the guest agent)."""
     from kvmlab.cli.output import emit_json
     from kvmlab.services import images
     from kvmlab.specs import format_size
 
-    vol = images.build_tiny(state.env, force=force)
+    if name == "debian":  # issue 6
+        from kvmlab.services.imagebuild import build_debian
+
+        vol = build_debian(state.env, force=force)
+    else:
+        vol = images.build_tiny(state.env, force=force)
     if state.json:
         emit_json(vol.to_dict())
     else:
@@ -40,12 +46,134 @@ def list_(state: State) -> None:
     from kvmlab.specs import format_size
 
     vols = images.list_images(state.env)
+    users = images.image_dependents(state.env)  # issue 6: machines created from each image
     if state.json:
-        emit_json([v.to_dict() for v in vols])
+        emit_json([{**v.to_dict(), "dependents": len(users.get(v.name, []))} for v in vols])
         return
     table(
         None,
-        ["NAME", "FORMAT", "SIZE", "ON DISK", "PATH"],
-        [(v.name, v.format or "-", format_size(v.capacity), format_size(v.allocation), v.path)
+        ["NAME", "FORMAT", "SIZE", "ON DISK", "USED BY", "PATH"],
+        [(v.name, v.format or "-", format_size(v.capacity), format_size(v.allocation),
+          len(users.get(v.name, [])), v.path)
          for v in vols],
     )
+
+
+# -- issue 6: pull, import, rm, catalog ------------------------------------------------------
+def _byte_progress(state: State, what: str):  # type: ignore[no-untyped-def]
+    """A rich progress bar on stderr (none with --json); returns (callback, stop)."""
+    if state.json:
+        return None, lambda: None
+    import sys
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )  # fmt: skip
+
+    bar = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr),
+        transient=True,
+    )  # fmt: skip
+    task = bar.add_task(what, total=None)
+    bar.start()
+
+    def update(done: int, total: int | None) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return update, bar.stop
+
+
+def _show_image(state: State, vol: object, verb: str) -> None:
+    from kvmlab.cli.output import emit_json
+    from kvmlab.models import Volume
+    from kvmlab.specs import format_size
+
+    assert isinstance(vol, Volume)
+    if state.json:
+        emit_json(vol.to_dict())
+    else:
+        click.echo(f"{verb} image {vol.name}: {vol.format} {format_size(vol.capacity)}")
+
+
+@image.command("pull")
+@click.argument("source", metavar="URL|NAME")
+@click.option("--name", default=None, help="Image name (default: from the URL or catalogue).")
+@click.option("--sha256", default=None, help="Expected SHA-256 of the downloaded file.")
+@click.option("--checksums", "checksums_url", default=None,
+              help="URL of a SHA256SUMS/SHA512SUMS file listing the file.")  # fmt: skip
+@json_option
+@pass_state
+def pull_command(
+    state: State, source: str, name: str | None, sha256: str | None, checksums_url: str | None
+) -> None:
+    """Download an image (URL or catalogue name), verify it, and add it to the image pool.
+
+    An interrupted download resumes when the same command runs again.
+    """
+    from kvmlab.services.pull import pull_image
+
+    down, stop_down = _byte_progress(state, "download")
+    try:
+        vol = pull_image(
+            state.env, source, name=name, sha256=sha256, checksums_url=checksums_url,
+            progress=down,
+        )  # fmt: skip
+    finally:
+        stop_down()
+    _show_image(state, vol, "pulled")
+
+
+@image.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=__import__("pathlib").Path))
+@click.option("--name", default=None, help="Image name (default: from the file name).")
+@click.option("--as-is", is_flag=True,
+              help="Store the file unchanged (a kernel or initrd for vm create --kernel).")
+@json_option
+@pass_state
+def import_command(state: State, file: object, name: str | None, as_is: bool) -> None:
+    """Add a local image file (qcow2, raw, ISO; .xz/.gz too) to the image pool."""
+    from pathlib import Path
+
+    from kvmlab.services.pull import default_name, import_image
+
+    assert isinstance(file, Path)
+    up, stop_up = _byte_progress(state, "upload")
+    try:
+        vol = import_image(
+            state.env, file, name or default_name(str(file)), progress=up, as_is=as_is
+        )
+    finally:
+        stop_up()
+    _show_image(state, vol, "imported")
+
+
+@image.command("rm")
+@click.argument("name")
+@pass_state
+def rm(state: State, name: str) -> None:
+    """Delete image NAME (refused while machines use it)."""
+    from kvmlab.services import images
+
+    images.remove_image(state.env, name)
+    click.echo(f"removed image {name}")
+
+
+@image.command("catalog")
+@json_option
+@pass_state
+def catalog_command(state: State) -> None:
+    """List the names `kvmlab image pull` knows."""
+    from kvmlab.cli.output import emit_json, table
+    from kvmlab.services.catalog import list_catalog
+
+    entries = list_catalog()
+    if state.json:
+        emit_json([e._asdict() for e in entries])
+        return
+    table(None, ["NAME", "DESCRIPTION", "URL"], [(e.name, e.description, e.url) for e in entries])

@@ -127,8 +127,25 @@ def _register() -> None:
     cli.add_command(vm.vm)
     cli.add_command(vm.exec_command)
     cli.add_command(net.net)
+    from kvmlab.cli import port  # issue 3
+
+    cli.add_command(port.port)
     cli.add_command(host.host)
     cli.add_command(image.image)
+    from kvmlab.cli import snap  # snapshots, try, cp (issue #4)
+
+    cli.add_command(snap.snap)
+    cli.add_command(snap.try_command)
+    cli.add_command(snap.cp_command)
+    from kvmlab.cli import clone  # clones and templates (issue #5)
+
+    cli.add_command(clone.clone_command)
+    cli.add_command(clone.template)
+    from kvmlab.cli import access  # ssh, ssh-config, inventory (issue #6)
+
+    cli.add_command(access.ssh_command)
+    cli.add_command(access.ssh_config_command)
+    cli.add_command(access.inventory_command)
 
 
 _register()

@@ -19,6 +19,11 @@ def net() -> None:
 @click.option("--subnet", default=None, help="e.g. 10.70.0.0/24 (default: a free 10.N.0.0/24).")
 @click.option("--dhcp-range", default=None, help="FIRST-LAST addresses handed out by DHCP.")
 @click.option("--domain", default=None, help="DNS domain of the network, e.g. lab.")
+@click.option(
+    "--bridge", default=None, help="Bridged: plug VMs into host bridge BR (made if missing)."
+)
+@click.option("--nic", default=None, help="With --bridge: enslave this host NIC (moves its IPs).")
+@click.option("--yes", is_flag=True, help="With --nic: move it even if it has the default route.")
 @json_option
 @pass_state
 def create(
@@ -28,14 +33,33 @@ def create(
     subnet: str | None,
     dhcp_range: str | None,
     domain: str | None,
+    bridge: str | None,
+    nic: str | None,
+    yes: bool,
 ) -> None:
-    """Create and start network NAME."""
+    """Create and start network NAME (NAT, isolated, or bridged to the LAN)."""
     from kvmlab.cli.output import emit_json
     from kvmlab.errors import InvalidInput
     from kvmlab.services import networks
-    from kvmlab.services.quickstart import free_subnet
     from kvmlab.specs import NetworkSpec
 
+    if bridge is not None:
+        from kvmlab.services import bridges
+
+        if mode == "isolated" or subnet or dhcp_range or domain:
+            raise InvalidInput(
+                "--bridge takes no --isolated, --subnet, --dhcp-range or --domain",
+                hint="on a bridged network the LAN's router decides addresses",
+            )
+        n = bridges.create_bridged_network(state.env, name, bridge, nic=nic, yes=yes)
+        if state.json:
+            emit_json(n.to_dict())
+        else:
+            via = f" (with {nic} moved into it)" if nic else ""
+            click.echo(f"created bridged network {n.name} on bridge {n.bridge}{via}")
+        return
+    if nic is not None or yes:
+        raise InvalidInput("--nic and --yes go with --bridge", hint="e.g. --bridge br0 --nic eth0")
     rng = None
     if dhcp_range:
         parts = dhcp_range.split("-")
@@ -45,7 +69,7 @@ def create(
     spec = NetworkSpec(
         name=name,
         mode=mode,  # type: ignore[arg-type]
-        subnet=subnet or free_subnet(state.env),
+        subnet=subnet or _free_subnet(state),
         domain=domain,
         dhcp_range=rng,
     )
@@ -72,8 +96,15 @@ def list_(state: State) -> None:
         None,
         ["NAME", "MODE", "ACTIVE", "SUBNET", "ROUTER", "SWITCH", "AUTOSTART"],
         [
-            (n.name, n.mode, "yes" if n.active else "no", n.subnet or "-", n.gateway or "-",
-             n.bridge or "-", "yes" if n.autostart else "no")
+            (
+                n.name,
+                n.mode,
+                "yes" if n.active else "no",
+                n.subnet or "-",
+                n.gateway or "-",
+                n.bridge or "-",
+                "yes" if n.autostart else "no",
+            )
             for n in nets
         ],
     )
@@ -145,3 +176,29 @@ def leases(state: State, name: str) -> None:
         emit_json([le.to_dict() for le in found])
         return
     table(None, ["IP", "MAC", "HOSTNAME"], [(le.ip, le.mac, le.hostname or "-") for le in found])
+
+
+@net.command("show")
+@click.argument("name")
+@json_option
+@pass_state
+def show(state: State, name: str) -> None:
+    """Draw network NAME: its router, its switch, and each VM's port, MAC and IP."""
+    from kvmlab.cli.output import emit_json
+    from kvmlab.services import networks
+
+    topo = networks.show_network(state.env, name)
+    if state.json:
+        emit_json(topo.to_dict())
+        return
+    from kvmlab.cli.netdraw import topology_lines
+
+    for line in topology_lines(topo):
+        click.echo(line)
+
+
+def _free_subnet(state: State) -> str:
+    # imported only when needed: quickstart pulls in the image and machine services
+    from kvmlab.services.quickstart import free_subnet
+
+    return free_subnet(state.env)

@@ -3,10 +3,48 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from kvmlab.cli.main import State, json_option, pass_state
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _cloud_init_options(f: F) -> F:
+    """Issue 6: options that make the NoCloud seed's user-data and network-config."""
+    path = click.Path(dir_okay=False, path_type=Path)
+    for opt in reversed([
+        click.option("--user", default=None, help="Create this user (sudo, your SSH key)."),
+        click.option("--ssh-key", type=path, default=None,
+                     help="Public key to install (default: ~/.ssh/id_*.pub if present)."),
+        click.option("--password-hash", default=None,
+                     help="Password hash for the user (e.g. from `mkpasswd -m sha-512`)."),
+        click.option("--packages", default=None, help="Packages to install, comma separated."),
+        click.option("--run", "run_cmds", multiple=True, help="Command to run at first boot."),
+        click.option("--user-data", type=path, default=None,
+                     help="Your own cloud-init user-data (replaces the generated one)."),
+        click.option("--network-config", type=path, default=None,
+                     help="cloud-init network-config YAML for the seed."),
+    ]):  # fmt: skip
+        f = opt(f)
+    return f
+
+
+def _install_media_options(f: F) -> F:
+    """Issue 6: booting an installer ISO or a kernel from the image pool."""
+    for opt in reversed([
+        click.option("--cdrom", default=None,
+                     help="ISO image to boot first; the disk starts empty (needs --disk)."),
+        click.option("--kernel", default=None, help="Kernel image (image-pool volume) to boot."),
+        click.option("--initrd", default=None, help="Initrd image (image-pool volume)."),
+        click.option("--cmdline", default=None, help="Kernel command line."),
+    ]):  # fmt: skip
+        f = opt(f)
+    return f
 
 
 @click.group("vm")
@@ -16,20 +54,25 @@ def vm() -> None:
 
 @vm.command("create")
 @click.argument("name")
-@click.option("--image", "-i", required=True, help="Image to start from (`kvmlab image list`).")
+@click.option("--image", "-i", default=None,
+              help="Image to start from (`kvmlab image list`); required unless --cdrom.")
 @click.option("--cpus", default=1, show_default=True, type=int)
 @click.option("--memory", "-m", default="256M", show_default=True, help="RAM, e.g. 256M, 2G.")
 @click.option("--disk", default=None, help="Disk size (default: the image's size), e.g. 2G.")
-@click.option("--net", "nets", multiple=True, help="Network to attach (repeat for more NICs).")
+@click.option("--net", "nets", multiple=True,
+              help="Network to attach: NET[,mac=MAC][,ip=ADDR] (repeat for more NICs).")
 @click.option("--full", is_flag=True, help="Copy the image instead of a qcow2 overlay on it.")
 @click.option("--hostname", default=None, help="Guest hostname (default: the name).")
 @click.option("--start", is_flag=True, help="Boot it once created.")
+@_cloud_init_options  # issue 6
+@_install_media_options  # issue 6
 @json_option
 @pass_state
 def create(
     state: State,
+    /,
     name: str,
-    image: str,
+    image: str | None,
     cpus: int,
     memory: str,
     disk: str | None,
@@ -37,23 +80,50 @@ def create(
     full: bool,
     hostname: str | None,
     start: bool,
+    **extra: Any,
 ) -> None:
-    """Create machine NAME from an image."""
-    from kvmlab.services import machines
-    from kvmlab.specs import MachineSpec, NicSpec, parse_size
+    """Create machine NAME from an image (or an installer ISO with --cdrom)."""
+    from kvmlab.services import machines, networks
+    from kvmlab.specs import MachineSpec, parse_size
 
+    image = image or extra["cdrom"]
+    if not image:
+        raise click.UsageError("give --image (or --cdrom to install from an ISO image)")
+    seed = _seed_from_options(extra)
+    parsed_nets = [networks.parse_nic_option(n) for n in nets]  # issue 3: NET[,mac=,ip=]
     spec = MachineSpec(
         name=name,
         image=image,
         cpus=cpus,
         memory=parse_size(memory, "--memory"),
         disk_size=parse_size(disk, "--disk", default_unit="G") if disk else None,
-        nics=tuple(NicSpec(network=n) for n in nets),
+        nics=tuple(nic for nic, _ in parsed_nets),
         full_copy=full,
         hostname=hostname,
+        cdrom=extra["cdrom"],
+        kernel=extra["kernel"],
+        initrd=extra["initrd"],
+        cmdline=extra["cmdline"],
     )
-    m = machines.create(state.env, spec, start=start)
+    with networks.reservations(state.env, name, parsed_nets):  # issue 3: ip= reserved
+        m = machines.create(state.env, spec, start=start, **seed)
     _show(state, m, f"created {m.name} ({m.state.value}, {m.accel})")
+
+
+def _seed_from_options(extra: dict[str, Any]) -> dict[str, str | None]:
+    from kvmlab.services import cloudinit
+
+    packages = tuple(p.strip() for p in (extra["packages"] or "").split(",") if p.strip())
+    user_data = cloudinit.user_data_for(
+        home=Path.home(), user=extra["user"], ssh_key=extra["ssh_key"],
+        password_hash=extra["password_hash"], packages=packages, run=extra["run_cmds"],
+        user_data=extra["user_data"],
+    )  # fmt: skip
+    net = extra["network_config"]
+    return {
+        "user_data": user_data,
+        "network_config": cloudinit.load_network_config(net) if net else None,
+    }
 
 
 def _show(state: State, m: object, text: str) -> None:
@@ -114,14 +184,20 @@ def stop(state: State, name: str, timeout: float) -> None:
 @vm.command("delete")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Power it off first if it runs.")
+@click.option("--cascade", is_flag=True, help="Also delete its linked clones, deepest first.")
 @json_option
 @pass_state
-def delete(state: State, name: str, force: bool) -> None:
+def delete(state: State, name: str, force: bool, cascade: bool) -> None:
     """Delete machine NAME and the volumes it owns (never its image)."""
     from kvmlab.cli.output import emit_json
     from kvmlab.services import machines
 
-    removed = machines.delete(state.env, name, force=force)
+    if cascade:  # issue 5: the machines whose disks are overlays on NAME's go first
+        from kvmlab.services.clones import delete_with_dependents
+
+        removed = delete_with_dependents(state.env, name, force=force)
+    else:
+        removed = machines.delete(state.env, name, force=force)
     if state.json:
         emit_json({"deleted": name, "volumes": removed})
     else:

@@ -214,3 +214,35 @@ def _volume(name: str, capacity_bytes: int, fmt: str) -> VolumeXML:
     vol.allocation_bytes = 0
     vol.target_format = fmt
     return vol
+
+
+# -- install media (issue 6) ----------------------------------------------------------------
+def add_install_media(
+    dom: DomainXML,
+    *,
+    cdrom: tuple[str, str] | None = None,
+    kernel: str | None = None,
+    initrd: str | None = None,
+    cmdline: str | None = None,
+) -> DomainXML:
+    """Add a CD-ROM (``(pool, volume)``, booted before the disk) and/or direct kernel boot.
+
+    The CD sits on IDE: SeaBIOS boots from it on the ``pc`` machine; a guest kernel without
+    ATA drivers (the Debian cloud kernel) cannot read it, but an installer's initramfs that
+    was loaded from it by the boot loader needs nothing more from it. ``kernel``/``initrd``
+    are file paths on the daemon's host.
+    """
+    if cdrom is not None:
+        cd = DiskXML()
+        cd.type, cd.device = "volume", "cdrom"
+        cd.driver_name, cd.driver_type = "qemu", "raw"
+        cd.source_pool, cd.source_volume = cdrom
+        cd.target_dev, cd.target_bus = "hdc", "ide"
+        cd.readonly = True
+        dom.disks.add(cd)
+        dom.boot_devices = ["cdrom", "hd"]
+    if (initrd or cmdline) and not kernel:
+        raise InvalidInput("--initrd and --cmdline need --kernel")
+    if kernel:
+        dom.kernel, dom.initrd, dom.cmdline = kernel, initrd, cmdline
+    return dom

@@ -21,7 +21,13 @@ def exec_in_guest(
             f"{name} is {state.value}; commands run only in running machines",
             hint=f"start it with `kvmlab vm start {name}`",
         )
-    return env.hypervisor.guest_exec(name, argv, input_data=input_data, timeout=timeout)
+    try:
+        return env.hypervisor.guest_exec(name, argv, input_data=input_data, timeout=timeout)
+    except (errors.AgentUnavailable, errors.OperationFailed):
+        from kvmlab.services.guestfiles import require_agent
+
+        require_agent(env, name)  # no agent at all: raise what says how to get one
+        raise
 
 
 def ping(env: Env, name: str) -> bool:

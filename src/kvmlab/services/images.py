@@ -97,3 +97,26 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except OSError:
         return None
+
+
+# -- pull, import, remove (issue 6) ----------------------------------------------------------
+def image_dependents(env: Env) -> dict[str, list[str]]:
+    """Image name -> the machines created from it (their metadata names the image)."""
+    out: dict[str, list[str]] = {}
+    for m in env.hypervisor.list_machines():
+        if m.image:
+            out.setdefault(m.image, []).append(m.name)
+    return out
+
+
+def remove_image(env: Env, name: str) -> None:
+    """Delete an image; refused while machines were created from it (they need it)."""
+    get_image(env, name)
+    users = image_dependents(env).get(name, [])
+    if users:
+        raise errors.HasDependents(
+            f"image {name!r} is used by {len(users)} machine(s): {', '.join(users)}",
+            users,
+            hint="delete those machines first (`kvmlab vm delete NAME`)",
+        )
+    env.hypervisor.delete_volume(IMAGE_POOL, name)

@@ -26,10 +26,14 @@ STOP_TIMEOUT = 60.0
 
 def list_machines(env: Env, with_addresses: bool = True) -> list[Machine]:
     """Every machine on the connection; running kvmlab machines with their DHCP addresses."""
+    from kvmlab.services.journal import recover_if_pending  # issue 5: crashed clones
+
+    recover_if_pending(env)
     machines = env.hypervisor.list_machines()
     if not with_addresses:
         return machines
     leases: dict[str, dict[str, str]] = {}
+    modes: dict[str, str] = {}
     out = []
     for m in machines:
         if m.state is not MachineState.RUNNING or not m.nics:
@@ -49,8 +53,29 @@ def list_machines(env: Env, with_addresses: bool = True) -> list[Machine]:
             ip = leases[nic.network].get(nic.mac)
             if ip:
                 addrs.append(Address(ip, None, nic.mac, "lease", nic.port))
+        addrs += _bridged_addresses(env, m, {a.mac for a in addrs}, modes)  # issue 3
         out.append(_with_addresses(m, addrs))
     return out
+
+
+def _bridged_addresses(
+    env: Env, m: Machine, found: set[str | None], modes: dict[str, str]
+) -> list[Address]:
+    """Bridged NICs have no libvirt lease: ask the guest agent, then the neighbour table."""
+    from kvmlab.services.bridges import neighbour_addresses
+
+    macs = set()
+    for nic in m.nics:
+        if nic.network is None or nic.mac in found:
+            continue
+        if nic.network not in modes:
+            try:
+                modes[nic.network] = env.hypervisor.network(nic.network).mode
+            except errors.KvmlabError:
+                modes[nic.network] = "?"
+        if modes[nic.network] == "bridge":
+            macs.add(nic.mac)
+    return neighbour_addresses(env, m.name, macs) if macs else []
 
 
 def _with_addresses(m: Machine, addrs: list[Address]) -> Machine:
@@ -139,14 +164,31 @@ def _is_local(uri: str) -> bool:
     return base in ("qemu:///system", "qemu:///session")
 
 
-def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
+def create(
+    env: Env,
+    spec: MachineSpec,
+    start: bool = False,
+    *,
+    user_data: str | None = None,
+    network_config: str | None = None,
+    console_log: str | None = None,
+) -> Machine:
     """Create a machine from an image: disk volume, NoCloud seed, domain; optionally boot it.
 
     Everything is checked before anything is made, and whatever was made is removed again
-    if a later step fails.
+    if a later step fails. ``user_data``/``network_config`` go into the NoCloud seed
+    (:mod:`kvmlab.services.cloudinit` makes them); ``console_log`` is a file on the daemon's
+    host receiving the serial console; ``spec.cdrom`` boots an ISO image before an empty disk,
+    ``spec.kernel`` boots a kernel from the image pool directly.
     """
     from kvmlab.image.seed import make_nocloud_seed
-    from kvmlab.libvirt.build import domain_from_spec, qcow2_volume, random_mac, raw_volume
+    from kvmlab.libvirt.build import (
+        add_install_media,
+        domain_from_spec,
+        qcow2_volume,
+        random_mac,
+        raw_volume,
+    )
     from kvmlab.services.images import get_image
     from kvmlab.services.storage import ensure_pools
 
@@ -157,6 +199,9 @@ def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
             hint="pick another name, or delete it with `kvmlab vm delete`",
         )
     image = get_image(env, spec.image)
+    boot_files = {k: get_image(env, v).path for k, v in  # issue 6: direct kernel boot
+                  (("kernel", spec.kernel), ("initrd", spec.initrd)) if v}  # fmt: skip
+    cdrom = get_image(env, spec.cdrom) if spec.cdrom else None
     for nic in spec.nics:
         hv.network(nic.network)  # raises NetworkNotFound with a hint
     disk_name, seed_name = f"{spec.name}.qcow2", f"{spec.name}-seed.iso"
@@ -173,7 +218,9 @@ def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
     instance_id = str(uuid.uuid4())
     with _undo_on_error() as undo:
         env.progress(f"creating disk {disk_name}")
-        if spec.full_copy:
+        if cdrom:  # issue 6: an empty disk to install onto
+            hv.create_volume(MACHINE_POOL, qcow2_volume(disk_name, spec.disk_size or capacity))
+        elif spec.full_copy:
             hv.clone_volume(
                 MACHINE_POOL, qcow2_volume(disk_name, capacity), image.name, image.pool
             )
@@ -182,7 +229,9 @@ def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
                 MACHINE_POOL, qcow2_volume(disk_name, capacity, backing=(image.path, "qcow2"))
             )
         undo.append(lambda: hv.delete_volume(MACHINE_POOL, disk_name))
-        seed = make_nocloud_seed(instance_id, spec.effective_hostname)
+        seed = make_nocloud_seed(
+            instance_id, spec.effective_hostname, user_data, network_config
+        )
         hv.create_volume(MACHINE_POOL, raw_volume(seed_name, len(seed)))
         undo.append(lambda: hv.delete_volume(MACHINE_POOL, seed_name))
         hv.upload_volume(MACHINE_POOL, seed_name, seed)
@@ -194,6 +243,14 @@ def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
             seed_volume=seed_name,
             macs=[nic.mac or random_mac() for nic in spec.nics],
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            console_log=console_log,
+        )
+        add_install_media(  # issue 6
+            xml,
+            cdrom=(cdrom.pool, cdrom.name) if cdrom else None,
+            kernel=boot_files.get("kernel"),
+            initrd=boot_files.get("initrd"),
+            cmdline=spec.cmdline,
         )
         hv.define_machine(xml)
         undo.append(lambda: hv.undefine(spec.name))
@@ -206,6 +263,9 @@ def create(env: Env, spec: MachineSpec, start: bool = False) -> Machine:
 def start(env: Env, name: str) -> Machine:
     """Boot a stopped machine (resume a paused one)."""
     validate_name(name, "machine")
+    from kvmlab.services.clones import refuse_start  # issue 5: templates, bases of clones
+
+    refuse_start(env, name)
     state = env.hypervisor.state(name)
     if state is MachineState.RUNNING:
         raise errors.InvalidState(f"{name} is running already")
@@ -288,6 +348,9 @@ def delete(env: Env, name: str, force: bool = False) -> list[str]:
     A running machine is refused unless ``force``, which powers it off first.
     """
     validate_name(name, "machine")
+    from kvmlab.services.clones import refuse_if_base  # issue 5: bases of linked clones
+
+    refuse_if_base(env, name)
     hv = env.hypervisor
     m = hv.machine(name)
     if m.state is not MachineState.STOPPED:
@@ -297,7 +360,12 @@ def delete(env: Env, name: str, force: bool = False) -> list[str]:
                 hint=f"`kvmlab vm stop {name}`, or `kvmlab vm delete {name} --force`",
             )
         hv.destroy(name)
+    from kvmlab.services import portforward  # issue 3: forwards go with the machine
+
+    had_ports = portforward.has_ports(env, name)
     hv.undefine(name)
+    if had_ports:
+        portforward.forget_machine(env)
     removed = []
     for pool, vol in m.owned_volumes:
         hv.delete_volume(pool, vol)

@@ -1,0 +1,411 @@
+"""Pull and import images: download (resumable), verify, detect, convert, upload.
+
+The steps are separate functions so each can be tested alone:
+
+* :func:`download` streams a URL into ``cache_dir/downloads/<key>-<name>.part`` with a
+  checksum computed while the bytes arrive; an interrupted download is resumed with an HTTP
+  ``Range`` request on the next call; a checksum mismatch removes the partial file.
+* :func:`prepare` decompresses ``.xz``/``.gz`` streams, detects the format from magic bytes
+  (qcow2, ISO 9660, or a raw disk with a partition table/file system) and converts raw disks
+  to qcow2 with ``qemu-img``. Anything else (a text file, an HTML error page) is refused.
+* :func:`import_image` uploads the prepared file into the image pool through libvirt, so a
+  remote URI works the same (the bytes travel over the libvirt stream).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import lzma
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, NamedTuple
+
+from kvmlab import errors
+from kvmlab.env import Env
+from kvmlab.models import Volume
+from kvmlab.names import validate_name
+
+CHUNK = 1 << 20
+USER_AGENT = "kvmlab (+https://kvmlab.dev)"
+ByteProgress = Callable[[int, int | None], None]
+"""Called with (bytes done, total bytes or None when the server did not say)."""
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_ALGORITHMS = {64: "sha256", 128: "sha512"}
+
+
+class DownloadFailed(errors.OperationFailed):
+    """The server could not be reached or answered with an error (``status``: its HTTP code)."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class DownloadInterrupted(DownloadFailed):
+    """The transfer stopped part-way; the partial file is kept for a resume."""
+
+
+class ChecksumMismatch(errors.OperationFailed):
+    """The downloaded bytes are not the ones the checksum promised (nothing was kept)."""
+
+
+class Checksum(NamedTuple):
+    """An expected digest: ``sha256`` or ``sha512`` and its lower-case hex."""
+
+    algorithm: str
+    hexdigest: str
+
+    @classmethod
+    def from_hex(cls, hexdigest: str, what: str = "checksum") -> Checksum:
+        """A checksum whose algorithm follows from the length (64: SHA-256, 128: SHA-512)."""
+        h = hexdigest.strip().lower()
+        if not _HEX.fullmatch(h) or len(h) not in _ALGORITHMS:
+            raise errors.InvalidInput(
+                f"{what} {hexdigest!r} is not a SHA-256 or SHA-512 hex digest",
+                hint="give 64 (SHA-256) or 128 (SHA-512) hexadecimal digits",
+            )
+        return cls(_ALGORITHMS[len(h)], h)
+
+
+# -- checksum files -------------------------------------------------------------------------
+def parse_checksums(text: str, filename: str, source: str = "the checksum file") -> Checksum:
+    """Find ``filename``'s digest in a ``SHA256SUMS``/``SHA512SUMS`` text.
+
+    Understands the coreutils format (``HEX  name``, ``HEX *name``) and the BSD one
+    (``SHA256 (name) = HEX``).
+    """
+    bsd = re.compile(r"^(SHA256|SHA512) \((.+)\) = ([0-9a-fA-F]+)$")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = bsd.match(line)
+        if m:
+            name, digest = m.group(2), m.group(3)
+        else:
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                continue
+            digest, name = parts[0], parts[1].lstrip("*").strip()
+        if name.removeprefix("./") == filename:
+            return Checksum.from_hex(digest, f"the digest of {filename} in {source}")
+    raise errors.NotFound(
+        f"{source} has no line for {filename!r}",
+        hint="check the URL of the checksum file, or give --sha256 yourself",
+    )
+
+
+def fetch_checksum(url: str, filename: str, timeout: float = 30.0) -> Checksum:
+    """Download a checksum file and return the digest it lists for ``filename``."""
+    with _open(url, {}, timeout) as resp:
+        text = resp.read(4 * CHUNK).decode("utf-8", "replace")
+    return parse_checksums(text, filename, source=url)
+
+
+# -- download -------------------------------------------------------------------------------
+def url_filename(url: str) -> str:
+    """The file name at the end of a URL's path (``download`` if it has none)."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "download"
+
+
+def partial_path(url: str, downloads_dir: Path) -> Path:
+    """Where the bytes of ``url`` are collected until the download is complete."""
+    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return downloads_dir / f"{key}-{url_filename(url)}.part"
+
+
+def download(
+    url: str,
+    downloads_dir: Path,
+    *,
+    checksum: Checksum | None = None,
+    progress: ByteProgress | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Download ``url`` into ``downloads_dir``, resuming a partial file; return the file.
+
+    With ``checksum`` the digest is computed while downloading; on mismatch the file is
+    removed and :class:`ChecksumMismatch` raised.
+    """
+    downloads_dir.mkdir(parents=True, exist_ok=True)
+    part = partial_path(url, downloads_dir)
+    offset = part.stat().st_size if part.exists() else 0
+    hasher = hashlib.new(checksum.algorithm) if checksum else None
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        resp = _open(url, headers, timeout)
+    except DownloadFailed as e:
+        if offset and e.status == 416:  # the partial file is the whole file already
+            return _finish(part, _digest_file(part, hasher), checksum)
+        raise
+    with resp:
+        if offset and resp.status != 206:  # the server ignores Range: start again
+            offset = 0
+        total = _total_size(resp, offset)
+        if hasher is not None and offset:
+            _digest_file(part, hasher)
+        with part.open("ab" if offset else "wb") as out:
+            _copy(resp, out, hasher, offset, total, progress, url)
+    return _finish(part, hasher, checksum)
+
+
+def _open(url: str, headers: dict[str, str], timeout: float) -> http.client.HTTPResponse:
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise errors.InvalidInput(f"{url!r} is not an http:// or https:// URL")
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)  # scheme checked above
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise DownloadFailed(
+            f"{url}: HTTP {e.code} {e.reason}",
+            hint="check the URL" if e.code == 404 else None,
+            status=e.code,
+        ) from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadFailed(f"cannot download {url}: {reason}") from e
+    assert isinstance(resp, http.client.HTTPResponse)
+    return resp
+
+
+def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
+    if resp.status == 206:
+        m = re.search(r"/(\d+)\s*$", resp.headers.get("Content-Range", ""))
+        return int(m.group(1)) if m else None
+    length = resp.headers.get("Content-Length")
+    return offset + int(length) if length and length.isdigit() else None
+
+
+def _copy(
+    resp: http.client.HTTPResponse,
+    out: IO[bytes],
+    hasher: hashlib._Hash | None,
+    done: int,
+    total: int | None,
+    progress: ByteProgress | None,
+    url: str,
+) -> None:
+    if progress:
+        progress(done, total)
+    try:
+        while chunk := resp.read(CHUNK):
+            out.write(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    except (http.client.HTTPException, OSError) as e:
+        out.flush()
+        raise _interrupted(url, done, total, e) from e
+    if total is not None and done < total:
+        raise _interrupted(url, done, total, None)
+
+
+def _interrupted(
+    url: str, done: int, total: int | None, cause: BaseException | None
+) -> DownloadInterrupted:
+    of = f" of {total}" if total is not None else ""
+    why = f" ({type(cause).__name__})" if cause is not None else ""
+    return DownloadInterrupted(
+        f"the download of {url} stopped after {done}{of} bytes{why}; the partial file is kept",
+        hint="run the same command again to resume where it stopped",
+    )
+
+
+def _digest_file(path: Path, hasher: hashlib._Hash | None) -> hashlib._Hash | None:
+    if hasher is not None:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                hasher.update(chunk)
+    return hasher
+
+
+def _finish(part: Path, hasher: hashlib._Hash | None, checksum: Checksum | None) -> Path:
+    if checksum is not None and hasher is not None:
+        got = hasher.hexdigest()
+        if got != checksum.hexdigest:
+            part.unlink(missing_ok=True)
+            raise ChecksumMismatch(
+                f"{checksum.algorithm} of the download is {got}, expected "
+                f"{checksum.hexdigest}; the file was removed",
+                hint="check --sha256/--checksums; a proxy or mirror may have served other bytes",
+            )
+    final = part.with_suffix("")
+    part.replace(final)
+    return final
+
+
+# -- format ---------------------------------------------------------------------------------
+def detect_format(path: Path) -> str:
+    """``qcow2``, ``iso``, ``raw`` (a disk with a partition table or file system), ``xz`` or
+    ``gz`` from the file's magic bytes; :class:`InvalidInput` for anything else."""
+    with path.open("rb") as f:
+        head = f.read(64 * 1024 + 8)
+    if head.startswith(b"QFI\xfb"):
+        return "qcow2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x1f\x8b"):
+        return "gz"
+    if head[32769:32774] == b"CD001":
+        return "iso"
+    raw_marks = (
+        head[510:512] == b"\x55\xaa",  # MBR (also the protective MBR of GPT)
+        head[512:520] == b"EFI PART",  # GPT
+        head[1080:1082] == b"\x53\xef",  # ext2/3/4 superblock
+        head[:4] == b"XFSB",
+        head[65600:65608] == b"_BHRfS_M",  # btrfs
+    )
+    if any(raw_marks):
+        return "raw"
+    raise errors.InvalidInput(
+        f"{path.name} is not a disk image: no qcow2, ISO 9660, partition table or file "
+        "system signature (and not .xz/.gz compressed)",
+        hint="give a qcow2, raw disk or ISO image (an HTML page saved by mistake looks "
+        "like this)",
+    )
+
+
+def prepare(path: Path, workdir: Path) -> tuple[Path, str]:
+    """Turn a downloaded file into something to upload: ``(file, "qcow2" | "iso")``.
+
+    Decompresses (streaming) and converts raw disks to qcow2 with ``qemu-img``; new files go
+    into ``workdir``.
+    """
+    fmt = detect_format(path)
+    for _ in range(3):  # .qcow2.xz, .img.gz, ...
+        if fmt not in ("xz", "gz"):
+            break
+        out = workdir / f"{path.name}.unpacked"
+        opener = lzma.open if fmt == "xz" else gzip.open
+        try:
+            with opener(path, "rb") as src, out.open("wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+        except (lzma.LZMAError, OSError, EOFError) as e:
+            raise errors.InvalidInput(f"{path.name} is a broken {fmt} stream: {e}") from e
+        path = out
+        fmt = detect_format(path)
+    if fmt == "raw":
+        out = workdir / f"{path.name}.qcow2"
+        qemu_img = shutil.which("qemu-img")
+        if qemu_img is None:
+            raise errors.HostNotReady(
+                "converting a raw disk needs qemu-img", hint="apt install qemu-utils"
+            )
+        result = subprocess.run(
+            [qemu_img, "convert", "-f", "raw", "-O", "qcow2", "--", str(path), str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise errors.OperationFailed(f"qemu-img convert failed: {result.stderr.strip()}")
+        return out, "qcow2"
+    return path, fmt
+
+
+# -- into the pool --------------------------------------------------------------------------
+def default_name(source: str) -> str:
+    """An image name from a URL or file name: ``debian-12-genericcloud-amd64.qcow2.xz`` ->
+    ``debian-12-genericcloud-amd64``."""
+    name = url_filename(source) if "://" in source else Path(source).name
+    name = re.sub(r"(\.(xz|gz|qcow2|img|raw|iso))+$", "", name, flags=re.IGNORECASE)
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("-._")
+    return name[:64] or "image"
+
+
+def check_free(env: Env, name: str) -> None:
+    """Refuse an image name that is invalid or taken, before anything is downloaded."""
+    from kvmlab.services.storage import IMAGE_POOL, ensure_pools
+
+    validate_name(name, "image")
+    ensure_pools(env)
+    if env.hypervisor.has_volume(IMAGE_POOL, name):
+        raise errors.AlreadyExists(
+            f"an image named {name!r} exists already on {env.uri}",
+            hint=f"pick another --name, or remove it with `kvmlab image rm {name}`",
+        )
+
+
+def import_image(
+    env: Env,
+    path: Path,
+    name: str,
+    progress: ByteProgress | None = None,
+    *,
+    as_is: bool = False,
+) -> Volume:
+    """Import a local image file (qcow2, raw, ISO, optionally .xz/.gz) as image ``name``.
+
+    ``as_is`` stores the bytes unchanged, without format checks: a kernel or initrd for
+    ``vm create --kernel/--initrd``.
+    """
+    from kvmlab.libvirt.build import raw_volume
+    from kvmlab.services.storage import IMAGE_POOL
+
+    if not path.is_file():
+        raise errors.NotFound(f"no file {str(path)!r}")
+    check_free(env, name)
+    hv = env.hypervisor
+    workroot = env.cache_dir / "downloads"
+    workroot.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workroot, prefix="import-") as tmp:
+        ready, fmt = (path, "boot file") if as_is else prepare(path, Path(tmp))
+        size = ready.stat().st_size
+        env.progress(f"uploading {fmt} image {name} ({size // 1024} KiB) into pool {IMAGE_POOL}")
+        # A raw volume of the file's size; libvirt re-detects qcow2 from the uploaded header.
+        hv.create_volume(IMAGE_POOL, raw_volume(name, size))
+        try:
+            hv.upload_volume(IMAGE_POOL, name, ready, progress=progress)
+        except BaseException:
+            hv.delete_volume(IMAGE_POOL, name)
+            raise
+    return hv.volume(IMAGE_POOL, name)
+
+
+def pull_image(
+    env: Env,
+    source: str,
+    *,
+    name: str | None = None,
+    sha256: str | None = None,
+    checksums_url: str | None = None,
+    progress: ByteProgress | None = None,
+    upload_progress: ByteProgress | None = None,
+) -> Volume:
+    """Download a URL or catalogue image, verify it, and import it as image ``name``."""
+    from kvmlab.services import catalog
+
+    if "://" in source:
+        url = source
+    else:
+        entry = catalog.lookup(source)
+        url = entry.url
+        name = name or entry.name
+        checksums_url = checksums_url or (None if sha256 else entry.checksums_url)
+    name = name or default_name(url)
+    if sha256 and checksums_url:
+        raise errors.InvalidInput("give --sha256 or --checksums, not both")
+    check_free(env, name)
+    checksum = Checksum.from_hex(sha256, "--sha256") if sha256 else None
+    if checksums_url:
+        checksum = fetch_checksum(checksums_url, url_filename(url))
+    env.progress(f"downloading {url}")
+    path = download(url, env.cache_dir / "downloads", checksum=checksum, progress=progress)
+    try:
+        return import_image(env, path, name, progress=upload_progress)
+    finally:
+        path.unlink(missing_ok=True)
