@@ -19,6 +19,8 @@ DEFAULT_URI = "qemu:///system"
 
 
 def _default_state_dir() -> Path:
+    if os.environ.get("KVMLAB_STATE_DIR"):
+        return Path(os.environ["KVMLAB_STATE_DIR"])
     if os.geteuid() == 0:
         return Path("/var/lib/kvmlab")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

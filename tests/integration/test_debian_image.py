@@ -7,6 +7,8 @@ the test cache afterwards) and the guest boots systemd + cloud-init under TCG.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,6 @@ from kvmlab.specs import Accel, MachineSpec, NetworkSpec, NicSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmlabkvmlabkvmlabkvmlabkvmlabkvmlabkvmlab t@kvmlab"
 
 
 def _exec(env: Env, name: str, script: str) -> ExecResult:
@@ -48,8 +49,9 @@ def _wait_for(env: Env, name: str, script: str, timeout: float) -> bytes:
 def test_debian_image_applies_user_data(sandbox, tmp_path: Path, test_cache: Path) -> None:  # type: ignore[no-untyped-def]
     env = Env(uri=sandbox.uri, state_dir=tmp_path / "state", cache_dir=test_cache,
               accel=Accel.TCG)  # fmt: skip
-    key = tmp_path / "k.pub"
-    key.write_text(KEY + "\n")
+    ident = tmp_path / "id_ed25519"  # a real key pair: `kvmlab ssh` logs in with it below
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ident)], check=True)
+    key = ident.with_suffix(".pub")
     user_data = cloudinit.user_data_for(
         home=tmp_path, user="alice", ssh_key=key, run=("touch /root/kvmlab-ran",)
     )
@@ -62,11 +64,26 @@ def test_debian_image_applies_user_data(sandbox, tmp_path: Path, test_cache: Pat
         machines.create(env, spec, start=True, user_data=user_data,
                         console_log="/var/log/libvirt/qemu/t-deb-console.log")  # fmt: skip
         keys = _wait_for(env, "t-deb", "cat /home/alice/.ssh/authorized_keys", timeout=420)
-        assert KEY.encode() in keys
+        assert key.read_text().strip().encode() in keys
         assert _wait_for(env, "t-deb", "hostname", timeout=30).strip() == b"t-deb"
         _wait_for(env, "t-deb", "test -f /root/kvmlab-ran", timeout=180)  # runcmd ran
         addrs = machines.wait_for_address(env, "t-deb", timeout=120)
         assert addrs[0].ip.startswith("10.213.61.")
+        # `kvmlab ssh VM -- hostname`, from the sandbox's namespace (where the VM is reachable)
+        kvmlab = str(Path(sys.executable).parent / "kvmlab")
+        deadline = time.monotonic() + 180
+        while True:
+            out = sandbox.run_in_netns(
+                ["env", f"KVMLAB_STATE_DIR={tmp_path / 'state'}", kvmlab, "-c", sandbox.uri,
+                 "ssh", "t-deb", "-l", "alice", "-i", str(ident), "--",
+                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "hostname"],
+                capture_output=True, text=True, check=False, timeout=60,
+            )  # fmt: skip
+            if out.returncode == 0:
+                break
+            assert time.monotonic() < deadline, out.stdout + out.stderr
+            time.sleep(3)
+        assert out.stdout.strip() == "t-deb"
     finally:
         if env.hypervisor.has_machine("t-deb"):
             machines.delete(env, "t-deb", force=True)

@@ -11,14 +11,22 @@ from kvmlab.cli.main import State, pass_state
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--user", "-l", default=None, help="Log in as this user.")
+@click.option(
+    "--identity", "-i", default=None, type=click.Path(dir_okay=False), help="Private key file."
+)
 @pass_state
-def ssh_command(state: State, name: str, command: tuple[str, ...], user: str | None) -> None:
+def ssh_command(
+    state: State, name: str, command: tuple[str, ...], user: str | None, identity: str | None
+) -> None:
     """Log into machine NAME with ssh: kvmlab ssh NAME [-- CMD ARGS...]."""
     import os
+    from pathlib import Path
 
     from kvmlab.services.access import ssh_argv
 
-    argv = ssh_argv(state.env, name, list(command), user=user)
+    argv = ssh_argv(
+        state.env, name, list(command), user=user, identity=Path(identity) if identity else None
+    )
     state.env.close()
     os.execv(argv[0], argv)  # ssh takes over the terminal; its exit code is ours
 

@@ -36,7 +36,11 @@ def _options(env: Env, m: Machine) -> list[tuple[str, str]]:
 
 
 def ssh_argv(
-    env: Env, name: str, command: Sequence[str] = (), user: str | None = None
+    env: Env,
+    name: str,
+    command: Sequence[str] = (),
+    user: str | None = None,
+    identity: Path | None = None,
 ) -> list[str]:
     """The ``ssh`` command line that logs into machine ``name`` (running, with an address)."""
     from kvmlab.services.machines import get_machine
@@ -60,6 +64,10 @@ def ssh_argv(
         argv += ["-o", f"{key}={value}"]
     if user:
         argv += ["-l", user]
+    if identity is not None:
+        if not identity.is_file():
+            raise errors.InvalidInput(f"no key file {identity}", hint="give a private key file")
+        argv += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
     return [*argv, "--", ip, *command]
 
 
