@@ -8,42 +8,25 @@ again reuses what exists.
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 from kvmlab import errors
 from kvmlab.env import Env
 from kvmlab.models import Machine, MachineState
-from kvmlab.services import images, machines, networks
+from kvmlab.services import hostnet, images, machines, networks
 from kvmlab.specs import MachineSpec, NetworkSpec, NicSpec
 
 
 def free_subnet(env: Env, candidates: range = range(70, 250)) -> str:
-    """The first ``10.N.0.0/24`` that overlaps no libvirt network and no local route."""
+    """The first ``10.N.0.0/24`` free of libvirt networks and the daemon host's routes."""
     taken = [ipaddress.IPv4Network(n.subnet) for n in env.hypervisor.list_networks() if n.subnet]
-    taken += _local_routes()
+    host = hostnet.for_uri(env.uri)  # the daemon's host routes (None: a remote daemon)
+    if host is not None:
+        taken += [r.destination for r in host.routes()]
     for n in candidates:
         net = ipaddress.IPv4Network(f"10.{n}.0.0/24")
         if not any(net.overlaps(t) for t in taken):
             return str(net)
     raise errors.Conflict("no free 10.N.0.0/24 subnet found", hint="give one with --subnet")
-
-
-def _local_routes() -> list[ipaddress.IPv4Network]:
-    """Destinations of the local host's IPv4 routes (from /proc/net/route)."""
-    out: list[ipaddress.IPv4Network] = []
-    try:
-        lines = Path("/proc/net/route").read_text().splitlines()[1:]
-    except OSError:
-        return out
-    for line in lines:
-        f = line.split()
-        dest, mask = int(f[1], 16), int(f[7], 16)
-        if mask == 0:
-            continue  # the default route overlaps everything; it is not a conflict
-        d = ipaddress.IPv4Address(dest.to_bytes(4, "little"))
-        m = ipaddress.IPv4Address(mask.to_bytes(4, "little"))
-        out.append(ipaddress.IPv4Network(f"{d}/{m}", strict=False))
-    return out
 
 
 def run(
