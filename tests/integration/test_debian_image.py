@@ -75,8 +75,7 @@ def test_debian_image_applies_user_data(sandbox, tmp_path: Path, test_cache: Pat
         while True:
             out = sandbox.run_in_netns(
                 ["env", f"KVMLAB_STATE_DIR={tmp_path / 'state'}", kvmlab, "-c", sandbox.uri,
-                 "ssh", "t-deb", "-l", "alice", "-i", str(ident), "--",
-                 "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "hostname"],
+                 "ssh", "t-deb", "-l", "alice", "-i", str(ident), "--", "hostname"],
                 capture_output=True, text=True, check=False, timeout=60,
             )  # fmt: skip
             if out.returncode == 0:
