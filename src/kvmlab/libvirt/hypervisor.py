@@ -136,41 +136,36 @@ class Hypervisor:
         with map_errors(self.uri, what=f"read state of {name}"):
             return _STATE.get(dom.state()[0], MachineState.UNKNOWN)
 
+    def _act(self, name: str, verb: str, action: Callable[[libvirt.virDomain], object]) -> None:
+        """Run one call on a machine, its errors worded as "VERB NAME: ..."."""
+        dom = self._domain(name)
+        with map_errors(self.uri, what=f"{verb} {name}"):
+            action(dom)
+
     def start(self, name: str) -> None:
         """Boot a stopped machine."""
-        dom = self._domain(name)
-        with map_errors(self.uri, what=f"start {name}"):
-            dom.create()
+        self._act(name, "start", lambda d: d.create())
 
     def shutdown(self, name: str) -> None:
         """Ask the guest to power off (ACPI)."""
-        dom = self._domain(name)
-        with map_errors(self.uri, what=f"stop {name}"):
-            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        acpi = libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+        self._act(name, "stop", lambda d: d.shutdownFlags(acpi))
 
     def destroy(self, name: str) -> None:
         """Pull the plug."""
-        dom = self._domain(name)
-        with map_errors(self.uri, what=f"kill {name}"):
-            dom.destroy()
+        self._act(name, "kill", lambda d: d.destroy())
 
     def reboot(self, name: str) -> None:
         """Ask the guest to reboot (ACPI)."""
-        dom = self._domain(name)
-        with map_errors(self.uri, what=f"reboot {name}"):
-            dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+        self._act(name, "reboot", lambda d: d.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN))
 
     def suspend(self, name: str) -> None:
         """Pause the guest's vCPUs."""
-        dom = self._domain(name)
-        with map_errors(self.uri, what=f"pause {name}"):
-            dom.suspend()
+        self._act(name, "pause", lambda d: d.suspend())
 
     def resume(self, name: str) -> None:
         """Resume a paused guest."""
-        dom = self._domain(name)
-        with map_errors(self.uri, what=f"resume {name}"):
-            dom.resume()
+        self._act(name, "resume", lambda d: d.resume())
 
     def undefine(self, name: str) -> None:
         """Remove a stopped machine's definition, with its snapshot and managed-save data."""
