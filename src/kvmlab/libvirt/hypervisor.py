@@ -85,15 +85,19 @@ class Hypervisor:
         ):
             return self._conn.lookupByName(name)
 
-    def has_machine(self, name: str) -> bool:
-        """Whether a domain of that name exists."""
+    def _exists(self, lookup: Callable[[], object], missing: int) -> bool:
+        """Whether ``lookup`` finds its object; ``missing`` is libvirt's "no such" code."""
         try:
-            self._conn.lookupByName(name)
+            lookup()
         except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            if e.get_error_code() == missing:
                 return False
             raise translate(e, self.uri) from e
         return True
+
+    def has_machine(self, name: str) -> bool:
+        """Whether a domain of that name exists."""
+        return self._exists(lambda: self._conn.lookupByName(name), libvirt.VIR_ERR_NO_DOMAIN)
 
     def list_machines(self) -> list[Machine]:
         """Every domain on the connection, kvmlab's or not."""
@@ -265,13 +269,9 @@ class Hypervisor:
 
     def has_network(self, name: str) -> bool:
         """Whether a network of that name exists."""
-        try:
-            self._conn.networkLookupByName(name)
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-                return False
-            raise translate(e, self.uri) from e
-        return True
+        return self._exists(
+            lambda: self._conn.networkLookupByName(name), libvirt.VIR_ERR_NO_NETWORK
+        )
 
     def list_networks(self) -> list[Network]:
         """Every libvirt network."""
@@ -390,13 +390,9 @@ class Hypervisor:
     def has_volume(self, pool_name: str, name: str) -> bool:
         """Whether the pool holds a volume of that name."""
         pool = self._pool(pool_name)
-        try:
-            pool.storageVolLookupByName(name)
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                return False
-            raise translate(e, self.uri) from e
-        return True
+        return self._exists(
+            lambda: pool.storageVolLookupByName(name), libvirt.VIR_ERR_NO_STORAGE_VOL
+        )
 
     def volume(self, pool_name: str, name: str) -> Volume:
         """One volume."""
