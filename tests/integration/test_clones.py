@@ -254,8 +254,8 @@ def test_killed_clone_leaves_only_whole_clones(env: Env, sandbox: Sandbox) -> No
         assert hv.has_volume(MACHINE_POOL, f"{n}-seed.iso")
     orphans = [v.name for v in hv.list_volumes(MACHINE_POOL) if (v.pool, v.name) not in owned]
     assert orphans == []
-    for n in defined[:1] + defined[-1:]:  # the first and the last made boot
+    for n in defined:  # each one left boots, as itself (all at once: TCG boots are slow)
         machines.start(env, n)
-    for n in dict.fromkeys(defined[:1] + defined[-1:]):
+    for n in defined:
         _wait_agent(env, n)
         assert _sh(env, n, "hostname") == n
