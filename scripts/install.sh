@@ -25,6 +25,8 @@ if [ "${1:-}" = "--test" ]; then
     # the ISO boot test builds an El Torito CD with ISOLINUX; the Debian cloud-init test
     # builds its image with mmdebstrap
     PACKAGES+=(isolinux mmdebstrap)
+    # the download tests make a self-signed certificate for their local HTTPS server
+    PACKAGES+=(openssl)
 fi
 
 missing=()

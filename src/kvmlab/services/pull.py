@@ -14,27 +14,21 @@ The steps are separate functions so each can be tested alone:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import http.client
-import lzma
 import queue
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple
 
 from kvmlab import errors
-from kvmlab.env import Env
-from kvmlab.models import Volume
-from kvmlab.names import validate_name
+from kvmlab.services import fetch
+
+if TYPE_CHECKING:  # the download path imports no more than it needs
+    from kvmlab.env import Env
+    from kvmlab.models import Volume
 
 CHUNK = 1 << 20
 USER_AGENT = "kvmlab (+https://kvmlab.dev)"
@@ -162,36 +156,33 @@ def download(
     return _finish(part, hasher, checksum)
 
 
-def _open(url: str, headers: dict[str, str], timeout: float) -> http.client.HTTPResponse:
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise errors.InvalidInput(f"{url!r} is not an http:// or https:// URL")
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **headers})
+def _open(url: str, headers: dict[str, str], timeout: float) -> fetch.Response:
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)  # scheme checked above
-    except urllib.error.HTTPError as e:
-        e.close()
+        resp = fetch.get(url, {"User-Agent": USER_AGENT, **headers}, timeout)
+    except ValueError as e:
+        raise errors.InvalidInput(str(e), hint="give the image's http:// or https:// URL") from e
+    except OSError as e:
+        raise DownloadFailed(f"cannot download {url}: {e}") from e
+    if resp.status >= 400:
+        resp.close()
         raise DownloadFailed(
-            f"{url}: HTTP {e.code} {e.reason}",
-            hint="check the URL" if e.code == 404 else None,
-            status=e.code,
-        ) from e
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise DownloadFailed(f"cannot download {url}: {reason}") from e
-    assert isinstance(resp, http.client.HTTPResponse)
+            f"{url}: HTTP {resp.status} {resp.reason}".rstrip(),
+            hint="check the URL" if resp.status == 404 else None,
+            status=resp.status,
+        )
     return resp
 
 
-def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
+def _total_size(resp: fetch.Response, offset: int) -> int | None:
     if resp.status == 206:
-        m = re.search(r"/(\d+)\s*$", resp.headers.get("Content-Range", ""))
+        m = re.search(r"/(\d+)\s*$", resp.headers.get("content-range", ""))
         return int(m.group(1)) if m else None
-    length = resp.headers.get("Content-Length")
+    length = resp.headers.get("content-length")
     return offset + int(length) if length and length.isdigit() else None
 
 
 def _copy(
-    resp: http.client.HTTPResponse,
+    resp: fetch.Response,
     out: IO[bytes],
     hasher: hashlib._Hash | None,
     done: int,
@@ -201,50 +192,78 @@ def _copy(
 ) -> None:
     if progress:
         progress(done, total)
-    background = _BackgroundHash(hasher) if hasher is not None else None
+    buffers = _HashingBuffers(hasher)
     try:
-        while chunk := resp.read(CHUNK):
-            out.write(chunk)
-            if background is not None:
-                background.update(chunk)
-            done += len(chunk)
+        while True:
+            buf = buffers.take()
+            n = resp.readinto(buf)
+            if not n:
+                buffers.give_back(buf)
+                break
+            out.write(memoryview(buf)[:n])
+            buffers.hash(buf, n)
+            done += n
             if progress:
                 progress(done, total)
-    except (http.client.HTTPException, OSError) as e:
+    except OSError as e:
         out.flush()
         raise _interrupted(url, done, total, e) from e
     finally:
-        if background is not None:
-            background.finish()
+        buffers.finish()
     if total is not None and done < total:
         raise _interrupted(url, done, total, None)
 
 
-class _BackgroundHash:
-    """Feeds a hasher from another thread, so verifying overlaps downloading.
+class _HashingBuffers:
+    """A few reusable receive buffers, hashed on another thread after they are written.
 
-    hashlib releases the GIL for large buffers, so on two cores the SHA-256 of a chunk runs
-    while the next one is read and written (curl-like throughput with the checksum included).
+    Reading into buffers that are reused (``readinto``) instead of a fresh ``bytes`` per
+    chunk saves a copy and the page faults of new 1 MiB allocations; hashlib releases the GIL
+    for large buffers, so on two cores the SHA-256 of one chunk runs while the next is
+    received and written. A buffer goes back into use only once it is hashed. Without a
+    hasher there is one buffer and no thread.
     """
 
-    def __init__(self, hasher: hashlib._Hash) -> None:
+    COUNT = 4
+
+    def __init__(self, hasher: hashlib._Hash | None) -> None:
         self._hasher = hasher
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._run, name="kvmlab-hash", daemon=True)
-        self._thread.start()
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        for _ in range(self.COUNT if hasher is not None else 1):
+            self._free.put(bytearray(CHUNK))
+        if hasher is not None:
+            self._thread = threading.Thread(target=self._run, name="kvmlab-hash", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._hasher.update(chunk)
+        assert self._hasher is not None
+        while (item := self._todo.get()) is not None:
+            buf, n = item
+            self._hasher.update(memoryview(buf)[:n])
+            self._free.put(buf)
 
-    def update(self, chunk: bytes) -> None:
-        """Hash ``chunk`` (in order) in the background."""
-        self._queue.put(chunk)
+    def take(self) -> bytearray:
+        """A buffer to receive into (waits while all of them are still being hashed)."""
+        return self._free.get()
+
+    def give_back(self, buf: bytearray) -> None:
+        """Return a buffer that holds nothing to hash."""
+        self._free.put(buf)
+
+    def hash(self, buf: bytearray, n: int) -> None:
+        """Hash the first ``n`` bytes of ``buf`` (in order), then reuse the buffer."""
+        if self._thread is None:
+            self._free.put(buf)
+        else:
+            self._todo.put((buf, n))
 
     def finish(self) -> None:
-        """Wait until every chunk given so far is hashed."""
-        self._queue.put(None)
-        self._thread.join()
+        """Wait until every buffer given so far is hashed."""
+        if self._thread is not None:
+            self._todo.put(None)
+            self._thread.join()
 
 
 def _interrupted(
@@ -307,8 +326,7 @@ def detect_format(path: Path) -> str:
     raise errors.InvalidInput(
         f"{path.name} is not a disk image: no qcow2, ISO 9660, partition table or file "
         "system signature (and not .xz/.gz compressed)",
-        hint="give a qcow2, raw disk or ISO image (an HTML page saved by mistake looks "
-        "like this)",
+        hint="give a qcow2, raw disk or ISO image (an HTML page saved by mistake looks like this)",
     )
 
 
@@ -318,6 +336,11 @@ def prepare(path: Path, workdir: Path) -> tuple[Path, str]:
     Decompresses (streaming) and converts raw disks to qcow2 with ``qemu-img``; new files go
     into ``workdir``.
     """
+    import gzip
+    import lzma
+    import shutil
+    import subprocess
+
     fmt = detect_format(path)
     for _ in range(3):  # .qcow2.xz, .img.gz, ...
         if fmt not in ("xz", "gz"):
@@ -362,6 +385,7 @@ def default_name(source: str) -> str:
 
 def check_free(env: Env, name: str) -> None:
     """Refuse an image name that is invalid or taken, before anything is downloaded."""
+    from kvmlab.names import validate_name
     from kvmlab.services.storage import IMAGE_POOL, ensure_pools
 
     validate_name(name, "image")
@@ -386,6 +410,8 @@ def import_image(
     ``as_is`` stores the bytes unchanged, without format checks: a kernel or initrd for
     ``vm create --kernel/--initrd``.
     """
+    import tempfile
+
     from kvmlab.libvirt.build import raw_volume
     from kvmlab.services.storage import IMAGE_POOL
 
