@@ -444,10 +444,9 @@ class Hypervisor:
             vol.upload(stream, 0, size, 0)
             try:
                 for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        sent = stream.send(view.tobytes())
-                        view = view[sent:]
+                    while chunk:
+                        sent = stream.send(chunk)
+                        chunk = chunk[sent:]
                         done += sent
                     if progress:
                         progress(done, size)
@@ -644,8 +643,15 @@ class ConsoleStream:
             self._stream.finish()
 
 
+UPLOAD_CHUNK = 1024 * 1024
+"""Bytes per stream message of an upload. 256 MiB into a local pool, sizes alternating:
+256 KiB 0.20-0.26 s, 1 MiB 0.16-0.41 s, 4 MiB 0.52-1.08 s. (Each whole chunk is sent at once:
+slicing a partly sent chunk is a copy, and re-copying the rest per message made 4 MiB chunks
+cost 2-3x more.)"""
+
+
 @contextmanager
-def _chunks(data: Path | bytes, size: int = 4 * 1024 * 1024) -> Iterator[Iterator[bytes]]:
+def _chunks(data: Path | bytes, size: int = UPLOAD_CHUNK) -> Iterator[Iterator[bytes]]:
     if isinstance(data, bytes):
         yield iter([data[i : i + size] for i in range(0, len(data), size)])
         return
