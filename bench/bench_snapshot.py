@@ -11,8 +11,7 @@ a) create: ``kvmlab -c URI snap create VM kN --memory`` vs ``virsh -c URI snapsh
    VM vN --diskspec vdb,snapshot=no`` (libvirt takes an internal snapshot with RAM of a running
    machine). Every snapshot made is deleted again, untimed, before the next run.
 b) revert: ``kvmlab -c URI snap revert VM base`` vs ``virsh -c URI snapshot-revert VM base``
-   to the same memory snapshot ``base``; both come back running. kvmlab's revert also waits
-   until the guest agent answers again (so the next ``kvmlab exec`` works); virsh does not.
+   to the same memory snapshot ``base``; both come back running.
 
 Before every timed command, untimed, the machine is reverted to ``base`` with virsh, so each
 contender starts from the same state: a snapshot taken right after a revert was measured to be

@@ -26,11 +26,12 @@ CHUNK = 48 * 1024
 Progress = Callable[[int], None]
 
 
-def require_agent(env: Env, machine: str) -> None:
+def require_agent(env: Env, machine: str, ping: bool = True) -> None:
     """Raise :class:`AgentUnavailable` saying how to get an agent, if ``machine`` has none.
 
     Two cases: the domain has no agent channel at all (libvirt then says "QEMU guest agent is
-    not configured"), or the channel is there but no agent answers in the guest (yet).
+    not configured"), or (checked with ``ping``) the channel is there but no agent answers in
+    the guest (yet).
     """
     dom = env.hypervisor.domain_xml(machine)
     channels = [c for c in dom.channels if c.target_name == GUEST_AGENT_CHANNEL]
@@ -42,6 +43,8 @@ def require_agent(env: Env, machine: str) -> None:
             f"target.type=virtio,target.name={GUEST_AGENT_CHANNEL}`), install "
             "qemu-guest-agent in the guest and restart it; machines kvmlab creates have both",
         )
+    if not ping:
+        return
     try:
         env.hypervisor.agent_command(machine, {"execute": "guest-ping"}, timeout=5)
     except errors.KvmlabError as e:
@@ -61,7 +64,9 @@ def _running_with_agent(env: Env, machine: str) -> None:
             f"{machine} is {state.value}; files are copied only to and from running machines",
             hint=f"start it with `kvmlab vm start {machine}`",
         )
-    require_agent(env, machine)
+    from kvmlab.services.agent import wait_connected
+
+    wait_connected(env, machine)
 
 
 def _agent(env: Env, machine: str, command: str, **arguments: Any) -> Any:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,6 @@ from kvmlab.services.locks import machine_lock
 
 _LIVE = (MachineState.RUNNING, MachineState.PAUSED)
 _TAKEN_LIVE = ("running", "paused", "blocked", "pmsuspended")
-AGENT_BACK_TIMEOUT = 10.0
 
 
 # -- create -----------------------------------------------------------------------------------
@@ -286,48 +284,25 @@ def _sizes(env: Env, machine: str) -> dict[str, int]:
 
 
 # -- revert and delete --------------------------------------------------------------------------
-def revert_to_snapshot(
-    env: Env, machine: str, name: str, start: bool = False, wait_agent: bool = True
-) -> MachineState:
+def revert_to_snapshot(env: Env, machine: str, name: str, start: bool = False) -> MachineState:
     """Go back to a snapshot; return the machine's state afterwards.
 
-    A memory snapshot comes back running where it was taken; with ``wait_agent`` this also
-    waits (up to AGENT_BACK_TIMEOUT) until its guest agent answers again, if it answered when
-    the snapshot was taken. A disk snapshot comes back stopped, or booted when ``start``.
+    A memory snapshot comes back running where it was taken (its guest agent reconnects a
+    moment later; ``exec`` and ``cp`` wait for that, see :func:`agent.wait_connected`). A disk
+    snapshot comes back stopped, or booted when ``start``.
     """
     validate_name(machine, "machine")
     with machine_lock(env.state_dir, env.uri, machine, "snapshot revert"):
-        return _revert(env, machine, name, start, wait_agent)
+        return _revert(env, machine, name, start)
 
 
-def _wait_agent_back(env: Env, machine: str) -> None:
-    """After loading saved RAM libvirt sees the agent's port reconnect only a moment later."""
-    from kvmlab.libvirt.domain import GUEST_AGENT_CHANNEL
-
-    dom = env.hypervisor.domain_xml(machine)
-    if not any(c.target_name == GUEST_AGENT_CHANNEL for c in dom.channels):
-        return
-    deadline = time.monotonic() + AGENT_BACK_TIMEOUT  # measured: 30-140 ms on TCG
-    while time.monotonic() < deadline:
-        try:
-            env.hypervisor.agent_command(machine, {"execute": "guest-ping"}, timeout=1)
-        except errors.KvmlabError:
-            time.sleep(0.02)
-            continue
-        return
-
-
-def _revert(
-    env: Env, machine: str, name: str, start: bool, wait_agent: bool = True
-) -> MachineState:
+def _revert(env: Env, machine: str, name: str, start: bool) -> MachineState:
     hv = env.hypervisor
     snap = _lookup(env, machine, name)
     if snap.location == "external":
         _refuse_external(machine, [snap])
     if snap.kind is SnapshotKind.MEMORY:
         hv.revert_to_snapshot(machine, name, run=True)
-        if wait_agent:
-            _wait_agent_back(env, machine)
     elif snap.state in _TAKEN_LIVE:
         # a disk snapshot taken while running holds RAM too (see the module docstring):
         # load it paused, then drop the RAM; the disks stay as they were in the snapshot
@@ -371,8 +346,7 @@ def try_command(
     went away), the machine goes back to the checkpoint. The checkpoint is deleted afterwards
     unless ``keep``.
     """
-    from kvmlab.services.agent import exec_in_guest
-    from kvmlab.services.guestfiles import require_agent
+    from kvmlab.services.agent import exec_in_guest, wait_connected
 
     validate_name(machine, "machine")
     if not argv:
@@ -384,7 +358,7 @@ def try_command(
                 f"{machine} is {state.value}; try runs commands in running machines",
                 hint=f"start it with `kvmlab vm start {machine}`",
             )
-        require_agent(env, machine)
+        wait_connected(env, machine)
         taken = {s.name for s in env.hypervisor.list_snapshots(machine)}
         checkpoint = base = _default_name().replace("snap-", "try-")
         n = 1
