@@ -67,6 +67,12 @@ def machines_table(machines: Sequence[Machine]) -> None:
     )
 
 
+def echo(line: str) -> None:
+    """A line of a command's result, on stdout (what ``click.echo`` prints)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def say(message: str) -> None:
     """A progress or status line for people, on stderr."""
     sys.stderr.write(message + "\n")

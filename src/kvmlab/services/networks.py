@@ -44,6 +44,19 @@ def free_bridge_name(
     return f"virbr{n}"
 
 
+def free_subnet(env: Env, candidates: range = range(70, 250)) -> str:
+    """The first ``10.N.0.0/24`` free of libvirt networks and the daemon host's routes."""
+    taken = [ipaddress.IPv4Network(n.subnet) for n in env.hypervisor.list_networks() if n.subnet]
+    host = hostnet.for_uri(env.uri)  # the daemon's host routes (None: a remote daemon)
+    if host is not None:
+        taken += [r.destination for r in host.routes()]
+    for n in candidates:
+        net = ipaddress.IPv4Network(f"10.{n}.0.0/24")
+        if not any(net.overlaps(t) for t in taken):
+            return str(net)
+    raise errors.Conflict("no free 10.N.0.0/24 subnet found", hint="give one with --subnet")
+
+
 def subnet_conflicts(
     env: Env, subnet: str, host: HostNet | None = None, known: list[Network] | None = None
 ) -> list[str]:
