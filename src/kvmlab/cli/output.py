@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kvmlab.errors import KvmlabError
+from kvmlab.errors import ExitStatus, KvmlabError
 from kvmlab.models import Machine
 
 
@@ -25,6 +25,18 @@ def report_error(e: KvmlabError, debug: bool = False) -> int:
         traceback.print_exc()
     sys.stderr.write(f"error: {e}\n")
     return int(e.exit_status)
+
+
+def report_unexpected(e: Exception, debug: bool = False) -> int:
+    """Print an error kvmlab did not expect (a bug): one line, the traceback only with --debug."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    else:
+        sys.stderr.write(f"error: unexpected {type(e).__name__}: {e}\n")
+        sys.stderr.write("  hint: run again with --debug to see where it happened\n")
+    return int(ExitStatus.ERROR)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
