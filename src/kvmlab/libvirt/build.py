@@ -6,8 +6,8 @@ as arguments, so the output is fully determined by the input (and golden-tested)
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kvmlab.errors import InvalidInput
 from kvmlab.libvirt.domain import (
@@ -26,12 +26,17 @@ from kvmlab.libvirt.network import NetworkMetadataXML, NetworkXML
 from kvmlab.libvirt.storage import PoolXML, VolumeXML
 from kvmlab.specs import Accel, MachineSpec, NetworkSpec
 
+if TYPE_CHECKING:
+    import random
+
 MAC_PREFIX = "52:54:00"  # QEMU's locally administered OUI, what libvirt uses too
 _MAX_BRIDGE_NAME = 15  # IFNAMSIZ - 1
 
 
 def random_mac(rng: random.Random | None = None) -> str:
     """A random MAC address in QEMU's ``52:54:00`` range."""
+    import random  # here, not above: only machines and clones need MACs
+
     r = rng or random.SystemRandom()
     return MAC_PREFIX + "".join(f":{r.randrange(256):02x}" for _ in range(3))
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import subprocess
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from kvmlab import errors
+
+if TYPE_CHECKING:
+    import subprocess
 
 NETNS_ENV = "KVMLAB_HOST_NETNS"  # run host commands in this named netns (tests, labs)
 _LOCAL_URIS = ("qemu:///system", "qemu:///session")
@@ -57,6 +59,8 @@ class HostNet:
         self, argv: Sequence[str], input_text: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run one command; a failure raises :class:`OperationFailed` with its stderr."""
+        import subprocess  # here, not above: reading routes from /proc needs no subprocess
+
         full = self.argv(argv)
         try:
             res = subprocess.run(
