@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -13,6 +12,8 @@ from kvmlab.models import Machine
 
 def emit_json(data: Any) -> None:
     """Write ``data`` as JSON to stdout."""
+    import json  # here, not above: most commands print text
+
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 

@@ -6,8 +6,6 @@ Methods take and return kvmlab's own types (XML mapper objects, :mod:`kvmlab.mod
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 import typing
 from collections.abc import Callable, Iterator
@@ -209,6 +207,8 @@ class Hypervisor:
 
     def agent_command(self, name: str, command: dict[str, Any], timeout: int = 10) -> Any:
         """Send one QEMU guest agent command and return its ``return`` value."""
+        import json
+
         import libvirt_qemu
 
         dom = self._domain(name)
@@ -226,6 +226,7 @@ class Hypervisor:
         self, name: str, argv: list[str], input_data: bytes | None = None, timeout: float = 60
     ) -> ExecResult:
         """Run a command in the guest through the agent and wait for it."""
+        import base64
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if input_data is not None:
             args["input-data"] = base64.b64encode(input_data).decode()
@@ -511,6 +512,8 @@ class Hypervisor:
         QMP ``query-block`` through libvirt's monitor passthrough: libvirt 9.0 has no API for
         qcow2 snapshot sizes. It marks the domain "tainted: custom-monitor" in its log.
         """
+        import json
+
         import libvirt_qemu
 
         dom = self._domain(name)

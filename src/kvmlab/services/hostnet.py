@@ -12,10 +12,9 @@ cannot run commands on ``host`` and says so (see docs/networks.md).
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kvmlab import errors
 
@@ -85,7 +84,7 @@ class HostNet:
         if res.returncode != 0:
             return []
         out = []
-        for r in json.loads(res.stdout or "[]"):
+        for r in _ip_json(res.stdout):
             dst = r.get("dst", "default")
             if dst == "default":
                 continue  # the default route overlaps everything; it is not a conflict
@@ -96,7 +95,7 @@ class HostNet:
         """The IPv4 addresses on ``device``."""
         res = self.run(["ip", "-j", "-4", "addr", "show", "dev", device])
         out = []
-        for link in json.loads(res.stdout or "[]"):
+        for link in _ip_json(res.stdout):
             for a in link.get("addr_info", []):
                 out.append(ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
         return out
@@ -110,11 +109,18 @@ class HostNet:
             except OSError:
                 pass
         res = self.run(["ip", "-j", "link", "show"], check=False)
-        return {link["ifname"] for link in json.loads(res.stdout or "[]")}
+        return {link["ifname"] for link in _ip_json(res.stdout)}
 
     def has_link(self, device: str) -> bool:
         """Whether a network interface of that name exists."""
         return self.run(["ip", "link", "show", "dev", device], check=False).returncode == 0
+
+
+def _ip_json(text: str) -> Any:
+    """What ``ip -j`` printed, parsed (json imported here: /proc is read without it)."""
+    import json
+
+    return json.loads(text or "[]")
 
 
 def _proc_routes(path: str) -> list[Route] | None:

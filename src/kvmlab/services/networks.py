@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 
 from kvmlab import errors
 from kvmlab.env import Env
@@ -112,7 +112,8 @@ def create_network(
     xml = network_from_spec(
         spec,
         bridge=spec.bridge or free_bridge_name(env, known, runner),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        # datetime.now(UTC).isoformat(timespec="seconds"), without importing datetime (~1.5 ms)
+        created=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
     )
     hv.define_network(xml)
     if start:
