@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -160,15 +161,19 @@ def _socket_path(uri: str) -> str:
 
 def daemon_pid(uri: str) -> int | None:
     """The pid of the local daemon answering ``uri``'s socket (SO_PEERCRED), if we can tell."""
-    import socket
-    import struct
+    # _socket is the C module under socket: socket.py's enum wrappers and selectors cost
+    # ~3 ms, which every net create on a local daemon paid for this one getsockopt.
+    import _socket
 
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             s.settimeout(2)
             s.connect(_socket_path(uri))
-            cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = int(struct.unpack("3i", cred)[0])
+            cred = s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # 3 ints
+        finally:
+            s.close()
+        pid = int.from_bytes(cred[:4], sys.byteorder)  # struct ucred: pid, uid, gid
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
     except OSError:
