@@ -10,7 +10,6 @@ import time
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -25,6 +24,8 @@ from kvmlab.libvirt.storage import PoolXML, VolumeXML
 from kvmlab.models import Address, ExecResult, Lease, Machine, MachineState, Network, Volume
 
 if typing.TYPE_CHECKING:
+    from pathlib import Path
+
     from kvmlab.models import Snapshot
 
 _STATE = {
@@ -438,7 +439,7 @@ class Hypervisor:
     ) -> None:
         """Write a local file or bytes into an existing volume through a libvirt stream."""
         vol = self._volume(pool_name, name)
-        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
         stream = self._conn.newStream(0)
         done = 0
         with map_errors(self.uri, what=f"upload into {name}"), _chunks(data) as chunks:
