@@ -2,15 +2,19 @@
 
 These are turned into libvirt XML by pure functions in :mod:`kvmlab.libvirt.build`.
 Sizes are parsed here so every layer below works in bytes or KiB.
+
+The specs are small frozen classes, not ``@dataclass(frozen=True)``: importing
+:mod:`dataclasses` (it imports :mod:`inspect`) and generating the methods of three classes
+took ~10 ms, and ``kvmlab net create`` must stay within 1.2x of virsh (issue 3).
+:class:`_Spec` gives them what the dataclasses gave: read-only fields, equality, hash, repr.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from kvmlab.errors import InvalidInput
 from kvmlab.names import validate_name
@@ -57,43 +61,86 @@ def format_size(n: int) -> str:
     return f"{n}B"
 
 
-@dataclass(frozen=True)
-class NicSpec:
+class _Spec:
+    """Base of the specs: fields set once by ``__init__`` (with :meth:`_set`, in order),
+    read-only after, equal and hashed by their values, shown as ``NicSpec(network='lab',
+    mac=None)``. Copies and pickles restore the fields without ``__init__``."""
+
+    def _set(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot assign {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Spec) or type(other) is not type(self):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.__dict__.items())
+        return f"{type(self).__name__}({fields})"
+
+
+class NicSpec(_Spec):
     """One network interface: which network, optionally a fixed MAC."""
 
     network: str
-    mac: str | None = None
+    mac: str | None
 
-    def __post_init__(self) -> None:
-        validate_name(self.network, "network")
-        if self.mac is not None:
-            object.__setattr__(self, "mac", self.mac.lower())
-        if self.mac is not None and not re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", self.mac):
+    def __init__(self, network: str, mac: str | None = None) -> None:
+        validate_name(network, "network")
+        if mac is not None:
+            mac = mac.lower()
+        if mac is not None and not re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", mac):
             raise InvalidInput(
-                f"MAC address {self.mac!r} is not valid", hint="write it like 52:54:00:12:34:56"
+                f"MAC address {mac!r} is not valid", hint="write it like 52:54:00:12:34:56"
             )
+        self._set(network=network, mac=mac)
 
 
-@dataclass(frozen=True)
-class MachineSpec:
+class MachineSpec(_Spec):
     """A machine the user asks for."""
 
     name: str
     image: str
-    cpus: int = 1
-    memory: int = 256 * 1024**2
-    disk_size: int | None = None
-    nics: tuple[NicSpec, ...] = ()
-    full_copy: bool = False
-    hostname: str | None = None
+    cpus: int
+    memory: int
+    disk_size: int | None
+    nics: tuple[NicSpec, ...]
+    full_copy: bool
+    hostname: str | None
     # issue 6: install media. ``cdrom``: an ISO image booted before an empty disk of
     # ``disk_size``; ``kernel``/``initrd``: image-pool volumes for direct kernel boot.
-    cdrom: str | None = None
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str | None = None
+    cdrom: str | None
+    kernel: str | None
+    initrd: str | None
+    cmdline: str | None
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        image: str,
+        cpus: int = 1,
+        memory: int = 256 * 1024**2,
+        disk_size: int | None = None,
+        nics: tuple[NicSpec, ...] = (),
+        full_copy: bool = False,
+        hostname: str | None = None,
+        cdrom: str | None = None,
+        kernel: str | None = None,
+        initrd: str | None = None,
+        cmdline: str | None = None,
+    ) -> None:
+        self._set(name=name, image=image, cpus=cpus, memory=memory, disk_size=disk_size,
+                  nics=nics, full_copy=full_copy, hostname=hostname, cdrom=cdrom,
+                  kernel=kernel, initrd=initrd, cmdline=cmdline)  # fmt: skip
         validate_name(self.name, "machine")
         validate_name(self.image, "image")
         self._check_install_media()
@@ -128,20 +175,31 @@ class MachineSpec:
 NetworkMode = Literal["nat", "isolated", "bridge"]
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
+class NetworkSpec(_Spec):
     """A libvirt network the user asks for."""
 
     name: str
-    mode: NetworkMode = "nat"
-    subnet: str = "10.70.0.0/24"
-    dhcp: bool = True
-    bridge: str | None = None
-    domain: str | None = None
-    dhcp_range: tuple[str, str] | None = None
-    reservations: tuple[tuple[str, str, str], ...] = field(default=())
+    mode: NetworkMode
+    subnet: str
+    dhcp: bool
+    bridge: str | None
+    domain: str | None
+    dhcp_range: tuple[str, str] | None
+    reservations: tuple[tuple[str, str, str], ...]
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        mode: NetworkMode = "nat",
+        subnet: str = "10.70.0.0/24",
+        dhcp: bool = True,
+        bridge: str | None = None,
+        domain: str | None = None,
+        dhcp_range: tuple[str, str] | None = None,
+        reservations: tuple[tuple[str, str, str], ...] = (),
+    ) -> None:
+        self._set(name=name, mode=mode, subnet=subnet, dhcp=dhcp, bridge=bridge,
+                  domain=domain, dhcp_range=dhcp_range, reservations=reservations)  # fmt: skip
         validate_name(self.name, "network")
         if self.mode not in ("nat", "isolated", "bridge"):
             raise InvalidInput(f"network mode {self.mode!r} is not nat, isolated or bridge")

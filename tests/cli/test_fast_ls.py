@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmlab.cli.fast import parse_fast_ls
+from kvmlab.cli.fast import parse_fast
 
 NODE = Path(__file__).resolve().parent.parent / "data" / "cli" / "node.xml"
 URI = f"test://{NODE}"
@@ -32,7 +32,9 @@ URI = f"test://{NODE}"
     ],
 )
 def test_only_plain_ls_takes_the_fast_path(argv: list[str], want: object) -> None:
-    assert parse_fast_ls(argv) == want
+    call = parse_fast(argv)
+    assert (None if call is None else (call.uri, call.as_json)) == want
+    assert call is None or call.words == ("ls",)
 
 
 def _run(code: str, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import pytest
@@ -140,3 +142,19 @@ def test_accel_names_the_libvirt_domain_type() -> None:
 def test_a_trailing_newline_is_refused() -> None:
     with pytest.raises(InvalidInput):
         MachineSpec(name="web\n", image="alpine")
+
+
+def test_specs_are_values_that_cannot_change() -> None:
+    nic = NicSpec("lab", mac="52:54:00:AA:BB:CC")
+    spec = MachineSpec(name="web", image="tiny", nics=(nic,))
+    same = MachineSpec("web", "tiny", nics=(NicSpec("lab", "52:54:00:aa:bb:cc"),))
+    assert spec == same and hash(spec) == hash(same) and {spec: 1}[same] == 1
+    assert spec != MachineSpec(name="web", image="tiny") and spec != ("web", "tiny")
+    assert repr(nic) == "NicSpec(network='lab', mac='52:54:00:aa:bb:cc')"
+    assert copy.deepcopy(spec) == spec and pickle.loads(pickle.dumps(spec)) == spec
+    net = NetworkSpec(name="lab")
+    with pytest.raises(AttributeError, match="read-only"):
+        net.subnet = "10.1.0.0/24"
+    with pytest.raises(AttributeError, match="read-only"):
+        del net.name
+    assert net.subnet == "10.70.0.0/24"

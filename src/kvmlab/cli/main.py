@@ -175,12 +175,7 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
         click.echo("interrupted", err=True)
         return int(ExitStatus.INTERRUPTED)
     except Exception as e:  # the last line of defence: no traceback without --debug
-        if debug:
-            import traceback
+        from kvmlab.cli.output import report_unexpected
 
-            traceback.print_exc()
-        else:
-            click.echo(f"error: unexpected {type(e).__name__}: {e}", err=True)
-            click.echo("  hint: run again with --debug to see where it happened", err=True)
-        return int(ExitStatus.ERROR)
+        return report_unexpected(e, debug)
     return rc if isinstance(rc, int) else int(ExitStatus.OK)

@@ -40,8 +40,6 @@ def create(
     """Create and start network NAME (NAT, isolated, or bridged to the LAN)."""
     from kvmlab.cli.output import emit_json
     from kvmlab.errors import InvalidInput
-    from kvmlab.services import networks
-    from kvmlab.specs import NetworkSpec
 
     if bridge is not None:
         from kvmlab.services import bridges
@@ -60,24 +58,9 @@ def create(
         return
     if nic is not None or yes:
         raise InvalidInput("--nic and --yes go with --bridge", hint="e.g. --bridge br0 --nic eth0")
-    rng = None
-    if dhcp_range:
-        parts = dhcp_range.split("-")
-        if len(parts) != 2:
-            raise InvalidInput(f"--dhcp-range {dhcp_range!r} is not FIRST-LAST")
-        rng = (parts[0].strip(), parts[1].strip())
-    spec = NetworkSpec(
-        name=name,
-        mode=mode,  # type: ignore[arg-type]
-        subnet=subnet or _free_subnet(state),
-        domain=domain,
-        dhcp_range=rng,
-    )
-    n = networks.create_network(state.env, spec)
-    if state.json:
-        emit_json(n.to_dict())
-    else:
-        click.echo(f"created {mode} network {n.name}: {n.subnet} on switch {n.bridge}")
+    from kvmlab.cli.netcreate import create_routed_network
+
+    create_routed_network(state.env, name, mode, subnet, dhcp_range, domain, state.json)
 
 
 @net.command("list")
@@ -195,10 +178,3 @@ def show(state: State, name: str) -> None:
 
     for line in topology_lines(topo):
         click.echo(line)
-
-
-def _free_subnet(state: State) -> str:
-    # imported only when needed: quickstart pulls in the image and machine services
-    from kvmlab.services.quickstart import free_subnet
-
-    return free_subnet(state.env)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kvmlab.errors import KvmlabError
+from kvmlab.errors import ExitStatus, KvmlabError
 from kvmlab.models import Machine
 
 
 def emit_json(data: Any) -> None:
     """Write ``data`` as JSON to stdout."""
+    import json  # here, not above: most commands print text
+
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 
@@ -25,6 +26,18 @@ def report_error(e: KvmlabError, debug: bool = False) -> int:
         traceback.print_exc()
     sys.stderr.write(f"error: {e}\n")
     return int(e.exit_status)
+
+
+def report_unexpected(e: Exception, debug: bool = False) -> int:
+    """Print an error kvmlab did not expect (a bug): one line, the traceback only with --debug."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    else:
+        sys.stderr.write(f"error: unexpected {type(e).__name__}: {e}\n")
+        sys.stderr.write("  hint: run again with --debug to see where it happened\n")
+    return int(ExitStatus.ERROR)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -65,6 +78,12 @@ def machines_table(machines: Sequence[Machine]) -> None:
             for m in machines
         ],
     )
+
+
+def echo(line: str) -> None:
+    """A line of a command's result, on stdout (what ``click.echo`` prints)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def say(message: str) -> None:

@@ -2,29 +2,26 @@
 
 Nothing here talks to libvirt or reads the clock: names of volumes, MACs and times come in
 as arguments, so the output is fully determined by the input (and golden-tested).
+
+The domain and storage mappers are imported by the functions that build them: ``kvmlab net
+create`` needs only the network mapper, and should start as fast as virsh.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kvmlab.errors import InvalidInput
-from kvmlab.libvirt.domain import (
-    GUEST_AGENT_CHANNEL,
-    ChannelXML,
-    ConsoleXML,
-    DiskXML,
-    DomainXML,
-    InterfaceXML,
-    MachineMetadataXML,
-    MemballoonXML,
-    RngXML,
-    SerialXML,
-)
 from kvmlab.libvirt.network import NetworkMetadataXML, NetworkXML
-from kvmlab.libvirt.storage import PoolXML, VolumeXML
-from kvmlab.specs import Accel, MachineSpec, NetworkSpec
+from kvmlab.specs import Accel
+
+if TYPE_CHECKING:
+    import random
+
+    from kvmlab.libvirt.domain import DiskXML, DomainXML, InterfaceXML, MachineMetadataXML
+    from kvmlab.libvirt.storage import PoolXML, VolumeXML
+    from kvmlab.specs import MachineSpec, NetworkSpec
 
 MAC_PREFIX = "52:54:00"  # QEMU's locally administered OUI, what libvirt uses too
 _MAX_BRIDGE_NAME = 15  # IFNAMSIZ - 1
@@ -32,11 +29,15 @@ _MAX_BRIDGE_NAME = 15  # IFNAMSIZ - 1
 
 def random_mac(rng: random.Random | None = None) -> str:
     """A random MAC address in QEMU's ``52:54:00`` range."""
+    import random  # here, not above: only machines and clones need MACs
+
     r = rng or random.SystemRandom()
     return MAC_PREFIX + "".join(f":{r.randrange(256):02x}" for _ in range(3))
 
 
 def _volume_disk(pool: str, volume: str, dev: str, fmt: str, readonly: bool) -> DiskXML:
+    from kvmlab.libvirt.domain import DiskXML
+
     disk = DiskXML()
     disk.type, disk.device = "volume", "disk"
     disk.driver_name, disk.driver_type = "qemu", fmt
@@ -47,6 +48,8 @@ def _volume_disk(pool: str, volume: str, dev: str, fmt: str, readonly: bool) -> 
 
 
 def _network_nic(network: str, mac: str) -> InterfaceXML:
+    from kvmlab.libvirt.domain import InterfaceXML
+
     nic = InterfaceXML()
     nic.type = "network"
     nic.mac = mac
@@ -57,6 +60,8 @@ def _network_nic(network: str, mac: str) -> InterfaceXML:
 
 def _add_console(dom: DomainXML, log_file: str | None) -> None:
     """A pty serial port (logged to ``log_file`` on the host) and the console on it."""
+    from kvmlab.libvirt.domain import ConsoleXML, SerialXML
+
     serial = SerialXML()
     serial.type = "pty"
     if log_file:
@@ -71,6 +76,8 @@ def _add_console(dom: DomainXML, log_file: str | None) -> None:
 
 def _add_guest_agent(dom: DomainXML) -> None:
     """The virtio-serial channel of the QEMU guest agent (libvirt picks the socket path)."""
+    from kvmlab.libvirt.domain import GUEST_AGENT_CHANNEL, ChannelXML
+
     channel = ChannelXML()
     channel.type = "unix"
     channel.target_type, channel.target_name = "virtio", GUEST_AGENT_CHANNEL
@@ -80,6 +87,8 @@ def _add_guest_agent(dom: DomainXML) -> None:
 def _machine_metadata(
     spec: MachineSpec, pool: str, disk_volume: str, seed_volume: str | None, created: str
 ) -> MachineMetadataXML:
+    from kvmlab.libvirt.domain import MachineMetadataXML
+
     meta = MachineMetadataXML()
     meta.image = spec.image
     meta.hostname = spec.effective_hostname
@@ -108,6 +117,8 @@ def domain_from_spec(
     also in ``pool``) is attached read-only as the second disk; ``console_log`` is a file
     on the host that receives the serial console; ``created`` is an ISO 8601 time.
     """
+    from kvmlab.libvirt.domain import DomainXML, MemballoonXML, RngXML
+
     if len(macs) != len(spec.nics):
         raise ValueError(f"{len(spec.nics)} NICs but {len(macs)} MAC addresses")
     dom = DomainXML()
@@ -182,6 +193,8 @@ def network_from_spec(spec: NetworkSpec, *, bridge: str, created: str) -> Networ
 
 def dir_pool(name: str, path: str) -> PoolXML:
     """A directory storage pool ``name`` keeping its volumes in ``path`` (on the host)."""
+    from kvmlab.libvirt.storage import PoolXML
+
     pool = PoolXML()
     pool.type = "dir"
     pool.name = name
@@ -205,6 +218,8 @@ def raw_volume(name: str, capacity_bytes: int) -> VolumeXML:
 
 
 def _volume(name: str, capacity_bytes: int, fmt: str) -> VolumeXML:
+    from kvmlab.libvirt.storage import VolumeXML
+
     if capacity_bytes <= 0:
         raise InvalidInput(f"volume {name!r} needs a size larger than zero")
     vol = VolumeXML()
@@ -233,6 +248,8 @@ def add_install_media(
     are file paths on the daemon's host.
     """
     if cdrom is not None:
+        from kvmlab.libvirt.domain import DiskXML
+
         cd = DiskXML()
         cd.type, cd.device = "volume", "cdrom"
         cd.driver_name, cd.driver_type = "qemu", "raw"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
-from kvmlab.libvirt.domain import DomainXML
-from kvmlab.libvirt.network import NetworkXML
-from kvmlab.libvirt.storage import VolumeXML
 from kvmlab.models import Machine, MachineState, Network, Nic, Volume
+
+if TYPE_CHECKING:  # the mappers' modules are imported by whoever parsed the XML
+    from kvmlab.libvirt.domain import DomainXML
+    from kvmlab.libvirt.network import NetworkXML
+    from kvmlab.libvirt.storage import VolumeXML
 
 
 def machine(xml: DomainXML, state: MachineState | None) -> Machine:

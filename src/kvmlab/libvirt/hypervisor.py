@@ -6,13 +6,10 @@ Methods take and return kvmlab's own types (XML mapper objects, :mod:`kvmlab.mod
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -20,14 +17,19 @@ import libvirt
 from kvmlab import errors
 from kvmlab.libvirt import convert
 from kvmlab.libvirt.conn import map_errors, open_connection, translate
-from kvmlab.libvirt.domain import DomainXML
 from kvmlab.libvirt.network import NetworkXML
-from kvmlab.libvirt.snapshot import SnapshotXML
-from kvmlab.libvirt.storage import PoolXML, VolumeXML
 from kvmlab.models import Address, ExecResult, Lease, Machine, MachineState, Network, Volume
 
 if typing.TYPE_CHECKING:
+    from pathlib import Path
+
+    from kvmlab.libvirt.domain import DomainXML
+    from kvmlab.libvirt.snapshot import SnapshotXML
+    from kvmlab.libvirt.storage import PoolXML, VolumeXML
     from kvmlab.models import Snapshot
+
+# The domain, storage and snapshot mappers are imported where they are used: net create
+# needs none of them, and should start as fast as virsh.
 
 _STATE = {
     libvirt.VIR_DOMAIN_RUNNING: MachineState.RUNNING,
@@ -101,6 +103,8 @@ class Hypervisor:
 
     def list_machines(self) -> list[Machine]:
         """Every domain on the connection, kvmlab's or not."""
+        from kvmlab.libvirt.domain import DomainXML
+
         with map_errors(self.uri, what="list machines"):
             # one RPC for every domain's state, then one XMLDesc each (what virsh does too)
             stats = self._conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
@@ -118,12 +122,16 @@ class Hypervisor:
 
     def machine(self, name: str) -> Machine:
         """One machine by name."""
+        from kvmlab.libvirt.domain import DomainXML
+
         dom = self._domain(name)
         with map_errors(self.uri, what=f"read {name}"):
             return convert.machine(DomainXML.from_xml(dom.XMLDesc()), _STATE.get(dom.state()[0]))
 
     def domain_xml(self, name: str, inactive: bool = False) -> DomainXML:
         """The domain XML of a machine (live, or the persistent definition)."""
+        from kvmlab.libvirt.domain import DomainXML
+
         dom = self._domain(name)
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         with map_errors(self.uri, what=f"read {name}"):
@@ -209,6 +217,8 @@ class Hypervisor:
 
     def agent_command(self, name: str, command: dict[str, Any], timeout: int = 10) -> Any:
         """Send one QEMU guest agent command and return its ``return`` value."""
+        import json
+
         import libvirt_qemu
 
         dom = self._domain(name)
@@ -226,6 +236,7 @@ class Hypervisor:
         self, name: str, argv: list[str], input_data: bytes | None = None, timeout: float = 60
     ) -> ExecResult:
         """Run a command in the guest through the agent and wait for it."""
+        import base64
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if input_data is not None:
             args["input-data"] = base64.b64encode(input_data).decode()
@@ -365,6 +376,8 @@ class Hypervisor:
 
     def pool_xml(self, name: str) -> PoolXML:
         """The pool's XML (target path, capacity, available space)."""
+        from kvmlab.libvirt.storage import PoolXML
+
         pool = self._pool(name)
         with map_errors(self.uri, what=f"read pool {name}"):
             pool.refresh(0)
@@ -374,10 +387,7 @@ class Hypervisor:
         """Every volume in a pool."""
         pool = self._pool(pool_name)
         with map_errors(self.uri, what=f"list volumes of {pool_name}"):
-            vols = [
-                convert.volume(pool_name, VolumeXML.from_xml(v.XMLDesc()))
-                for v in pool.listAllVolumes()
-            ]
+            vols = [_volume_model(pool_name, v) for v in pool.listAllVolumes()]
         return sorted(vols, key=lambda v: v.name)
 
     def _volume(self, pool_name: str, name: str, kind: str = "volume") -> libvirt.virStorageVol:
@@ -398,14 +408,14 @@ class Hypervisor:
         """One volume."""
         vol = self._volume(pool_name, name)
         with map_errors(self.uri, what=f"read volume {name}"):
-            return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
+            return _volume_model(pool_name, vol)
 
     def create_volume(self, pool_name: str, xml: VolumeXML) -> Volume:
         """Create a volume from XML (an overlay when the XML has a backing store)."""
         pool = self._pool(pool_name)
         with map_errors(self.uri, what=f"create volume {xml.name}"):
             vol = pool.createXML(xml.to_xml(), 0)
-            return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
+            return _volume_model(pool_name, vol)
 
     def clone_volume(
         self, pool_name: str, xml: VolumeXML, source: str, source_pool: str | None = None
@@ -415,7 +425,7 @@ class Hypervisor:
         src = self._volume(source_pool or pool_name, source)
         with map_errors(self.uri, what=f"copy volume {source} to {xml.name}"):
             vol = pool.createXMLFrom(xml.to_xml(), src, 0)
-            return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
+            return _volume_model(pool_name, vol)
 
     def delete_volume(self, pool_name: str, name: str) -> None:
         """Delete a volume (missing is fine: deletion is idempotent)."""
@@ -437,7 +447,7 @@ class Hypervisor:
     ) -> None:
         """Write a local file or bytes into an existing volume through a libvirt stream."""
         vol = self._volume(pool_name, name)
-        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
         stream = self._conn.newStream(0)
         done = 0
         with map_errors(self.uri, what=f"upload into {name}"), _chunks(data) as chunks:
@@ -510,6 +520,8 @@ class Hypervisor:
         QMP ``query-block`` through libvirt's monitor passthrough: libvirt 9.0 has no API for
         qcow2 snapshot sizes. It marks the domain "tainted: custom-monitor" in its log.
         """
+        import json
+
         import libvirt_qemu
 
         dom = self._domain(name)
@@ -659,8 +671,16 @@ def _chunks(data: Path | bytes, size: int = UPLOAD_CHUNK) -> Iterator[Iterator[b
         yield iter(lambda: f.read(size), b"")
 
 
+def _volume_model(pool_name: str, vol: libvirt.virStorageVol) -> Volume:
+    """A libvirt volume as kvmlab's :class:`Volume` (raises libvirtError: map it)."""
+    from kvmlab.libvirt.storage import VolumeXML
+
+    return convert.volume(pool_name, VolumeXML.from_xml(vol.XMLDesc()))
+
+
 def _snapshot_model(machine: str, s: libvirt.virDomainSnapshot) -> Snapshot:
     """A libvirt snapshot as kvmlab's :class:`Snapshot` (raises libvirtError: map it)."""
+    from kvmlab.libvirt.snapshot import SnapshotXML
     from kvmlab.models import Snapshot, SnapshotKind
 
     xml = SnapshotXML.from_xml(s.getXMLDesc(0))

@@ -12,13 +12,15 @@ cannot run commands on ``host`` and says so (see docs/networks.md).
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import subprocess
+import sys
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kvmlab import errors
+
+if TYPE_CHECKING:
+    import subprocess
 
 NETNS_ENV = "KVMLAB_HOST_NETNS"  # run host commands in this named netns (tests, labs)
 _LOCAL_URIS = ("qemu:///system", "qemu:///session")
@@ -57,6 +59,8 @@ class HostNet:
         self, argv: Sequence[str], input_text: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run one command; a failure raises :class:`OperationFailed` with its stderr."""
+        import subprocess  # here, not above: reading routes from /proc needs no subprocess
+
         full = self.argv(argv)
         try:
             res = subprocess.run(
@@ -81,7 +85,7 @@ class HostNet:
         if res.returncode != 0:
             return []
         out = []
-        for r in json.loads(res.stdout or "[]"):
+        for r in _ip_json(res.stdout):
             dst = r.get("dst", "default")
             if dst == "default":
                 continue  # the default route overlaps everything; it is not a conflict
@@ -92,7 +96,7 @@ class HostNet:
         """The IPv4 addresses on ``device``."""
         res = self.run(["ip", "-j", "-4", "addr", "show", "dev", device])
         out = []
-        for link in json.loads(res.stdout or "[]"):
+        for link in _ip_json(res.stdout):
             for a in link.get("addr_info", []):
                 out.append(ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}"))
         return out
@@ -106,11 +110,18 @@ class HostNet:
             except OSError:
                 pass
         res = self.run(["ip", "-j", "link", "show"], check=False)
-        return {link["ifname"] for link in json.loads(res.stdout or "[]")}
+        return {link["ifname"] for link in _ip_json(res.stdout)}
 
     def has_link(self, device: str) -> bool:
         """Whether a network interface of that name exists."""
         return self.run(["ip", "link", "show", "dev", device], check=False).returncode == 0
+
+
+def _ip_json(text: str) -> Any:
+    """What ``ip -j`` printed, parsed (json imported here: /proc is read without it)."""
+    import json
+
+    return json.loads(text or "[]")
 
 
 def _proc_routes(path: str) -> list[Route] | None:
@@ -150,15 +161,19 @@ def _socket_path(uri: str) -> str:
 
 def daemon_pid(uri: str) -> int | None:
     """The pid of the local daemon answering ``uri``'s socket (SO_PEERCRED), if we can tell."""
-    import socket
-    import struct
+    # _socket is the C module under socket: socket.py's enum wrappers and selectors cost
+    # ~3 ms, which every net create on a local daemon paid for this one getsockopt.
+    import _socket
 
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             s.settimeout(2)
             s.connect(_socket_path(uri))
-            cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = int(struct.unpack("3i", cred)[0])
+            cred = s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # 3 ints
+        finally:
+            s.close()
+        pid = int.from_bytes(cred[:4], sys.byteorder)  # struct ucred: pid, uid, gid
         with open(f"/proc/{pid}/comm") as f:
             comm = f.read().strip()
     except OSError:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 
 from kvmlab import errors
 from kvmlab.env import Env
@@ -42,6 +42,19 @@ def free_bridge_name(
     while f"virbr{n}" in used:
         n += 1
     return f"virbr{n}"
+
+
+def free_subnet(env: Env, candidates: range = range(70, 250)) -> str:
+    """The first ``10.N.0.0/24`` free of libvirt networks and the daemon host's routes."""
+    taken = [ipaddress.IPv4Network(n.subnet) for n in env.hypervisor.list_networks() if n.subnet]
+    host = hostnet.for_uri(env.uri)  # the daemon's host routes (None: a remote daemon)
+    if host is not None:
+        taken += [r.destination for r in host.routes()]
+    for n in candidates:
+        net = ipaddress.IPv4Network(f"10.{n}.0.0/24")
+        if not any(net.overlaps(t) for t in taken):
+            return str(net)
+    raise errors.Conflict("no free 10.N.0.0/24 subnet found", hint="give one with --subnet")
 
 
 def subnet_conflicts(
@@ -99,7 +112,8 @@ def create_network(
     xml = network_from_spec(
         spec,
         bridge=spec.bridge or free_bridge_name(env, known, runner),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        # datetime.now(UTC).isoformat(timespec="seconds"), without importing datetime (~1.5 ms)
+        created=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
     )
     hv.define_network(xml)
     if start:

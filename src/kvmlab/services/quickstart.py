@@ -7,26 +7,11 @@ again reuses what exists.
 
 from __future__ import annotations
 
-import ipaddress
-
 from kvmlab import errors
 from kvmlab.env import Env
 from kvmlab.models import Machine, MachineState
-from kvmlab.services import hostnet, images, machines, networks
+from kvmlab.services import images, machines, networks
 from kvmlab.specs import MachineSpec, NetworkSpec, NicSpec
-
-
-def free_subnet(env: Env, candidates: range = range(70, 250)) -> str:
-    """The first ``10.N.0.0/24`` free of libvirt networks and the daemon host's routes."""
-    taken = [ipaddress.IPv4Network(n.subnet) for n in env.hypervisor.list_networks() if n.subnet]
-    host = hostnet.for_uri(env.uri)  # the daemon's host routes (None: a remote daemon)
-    if host is not None:
-        taken += [r.destination for r in host.routes()]
-    for n in candidates:
-        net = ipaddress.IPv4Network(f"10.{n}.0.0/24")
-        if not any(net.overlaps(t) for t in taken):
-            return str(net)
-    raise errors.Conflict("no free 10.N.0.0/24 subnet found", hint="give one with --subnet")
 
 
 def run(
@@ -46,7 +31,7 @@ def run(
     if hv.has_network(network):
         networks.start_network(env, network)
     else:
-        spec = NetworkSpec(name=network, mode="nat", subnet=subnet or free_subnet(env))
+        spec = NetworkSpec(name=network, mode="nat", subnet=subnet or networks.free_subnet(env))
         env.progress(f"creating NAT network {network} ({spec.subnet})")
         networks.create_network(env, spec)
     names = [f"{prefix}-{i}" for i in range(1, count + 1)]
