@@ -166,6 +166,8 @@ def entry() -> None:
             sys.stderr.flush()
         except OSError:  # e.g. a closed pipe: let the interpreter report it as it always does
             sys.exit(rc)
+        if sys.getprofile() is not None or sys.gettrace() is not None:
+            sys.exit(rc)  # a profiler or coverage tool writes its results at exit
         # The interpreter's teardown (freeing every module, libvirt's exit handlers) takes
         # ~9 ms, and nothing on these paths needs it: the connection is closed and the
         # output flushed, no atexit handler or temporary file is left.
