@@ -278,3 +278,17 @@ def test_failed_upload_leaves_no_volume_and_no_file(env, server) -> None:  # typ
         pull.pull_image(env, server.base + "/disk.qcow2", sha256=_sha256(b"QFI\xfb" + bytes(70000)))
     assert not env.hypervisor.has_volume(IMAGE_POOL, "disk")
     assert list((env.cache_dir / "downloads").iterdir()) == []
+
+
+def test_a_url_being_downloaded_is_busy_and_no_lock_file_stays(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kvmlab.services.locks import file_lock
+
+    server.files["/img.qcow2"] = PAYLOAD
+    url = server.base + "/img.qcow2"
+    part = pull.partial_path(url, tmp_path)
+    lock = part.with_name(part.name.removesuffix(".part") + ".lock")
+    busy = pytest.raises(errors.Busy, match=r"is being downloaded already: download of http")
+    with file_lock(lock, f"download of {url}", "held by the test", remove=True), busy:
+        pull.download(url, tmp_path)
+    path = pull.download(url, tmp_path, checksum=pull.Checksum.from_hex(_sha256(PAYLOAD)))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -1,9 +1,10 @@
-"""Per-machine operation locks: one snapshot operation on a machine at a time.
+"""Operation locks: one snapshot operation on a machine at a time, one download of a URL.
 
-A lock is an ``flock`` on ``STATE_DIR/locks/<uri-hash>-<machine>.lock``, taken without
-waiting: the second operation fails at once with :class:`~kvmlab.errors.Busy` naming the
-first (what it does, its pid, since when), which the holder writes into the file. The kernel
-drops the lock when the holder exits, however it exits, so a crash leaves no stale lock.
+A lock is an ``flock`` on a file (a machine's: ``STATE_DIR/locks/<uri-hash>-<machine>.lock``),
+taken without waiting: the second operation fails at once with :class:`~kvmlab.errors.Busy`
+naming the first (what it does, its pid, since when), which the holder writes into the file.
+The kernel drops the lock when the holder exits, however it exits, so a crash leaves no stale
+lock.
 
 This serialises kvmlab processes sharing a state directory on one client host; libvirt's own
 job lock still protects the domain against everything else (virsh, another client).
@@ -14,9 +15,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 from kvmlab import errors
@@ -31,27 +32,51 @@ def lock_path(state_dir: Path, uri: str, machine: str) -> Path:
 @contextmanager
 def machine_lock(state_dir: Path, uri: str, machine: str, operation: str) -> Iterator[None]:
     """Hold the machine's lock for the block, or raise :class:`Busy` at once."""
-    path = lock_path(state_dir, uri, machine)
+    with file_lock(lock_path(state_dir, uri, machine), operation, f"VM {machine} is busy"):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, operation: str, busy: str, remove: bool = False) -> Iterator[None]:
+    """Hold an flock on ``path`` for the block, or raise :class:`Busy` (``busy``: the holder)
+    at once. With ``remove`` the file is deleted when the block ends, so nothing is left; a
+    process that opened it just before is then holding a deleted file, sees that after its
+    flock, and locks the new one instead."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
+            os.close(fd)
             raise errors.Busy(
-                f"VM {machine} is busy: {holder}",
+                f"{busy}: {holder}",
                 hint="wait until that operation ends, then retry",
             ) from None
-        since = datetime.now(UTC).isoformat(timespec="seconds")
+        if not remove or _is_file_at(fd, path):
+            break
+        os.close(fd)
+    try:
+        since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{operation} by pid {os.getpid()} since {since}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)  # the file stays (unlinking races with a waiting opener)
+            if remove:
+                path.unlink(missing_ok=True)  # while still locked
+            else:
+                os.ftruncate(fd, 0)  # the file stays (unlinking races with a waiting opener)
     finally:
         os.close(fd)  # releases the flock
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _read_holder(fd: int) -> str:

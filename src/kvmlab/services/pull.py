@@ -134,8 +134,22 @@ def download(
     With ``checksum`` the digest is computed while downloading; on mismatch the file is
     removed and :class:`ChecksumMismatch` raised.
     """
+    from kvmlab.services.locks import file_lock
+
     downloads_dir.mkdir(parents=True, exist_ok=True)
     part = partial_path(url, downloads_dir)
+    lock = part.with_name(part.name.removesuffix(".part") + ".lock")
+    with file_lock(lock, f"download of {url}", f"{url} is being downloaded already", remove=True):
+        return _download(url, part, checksum, progress, timeout)
+
+
+def _download(
+    url: str,
+    part: Path,
+    checksum: Checksum | None,
+    progress: ByteProgress | None,
+    timeout: float,
+) -> Path:
     offset = part.stat().st_size if part.exists() else 0
     hasher = hashlib.new(checksum.algorithm) if checksum else None
     headers = {"Range": f"bytes={offset}-"} if offset else {}
