@@ -24,13 +24,15 @@ def wait_connected(env: Env, name: str, timeout: float = AGENT_WAIT) -> None:
     from kvmlab.services.guestfiles import require_agent
 
     deadline = time.monotonic() + timeout
+    channel_checked = False
     while True:
         try:
             env.hypervisor.agent_command(name, {"execute": "guest-ping"}, timeout=1)
             return
         except (errors.AgentUnavailable, errors.OperationFailed):
-            # no channel at all ("not configured"): say how to get one, without waiting
-            require_agent(env, name, ping=False)
+            if not channel_checked:  # no channel at all: say how to get one, without waiting
+                require_agent(env, name, ping=False)
+                channel_checked = True
             if time.monotonic() >= deadline:
                 require_agent(env, name)
                 raise
