@@ -285,8 +285,7 @@ def test_a_url_being_downloaded_is_busy_and_no_lock_file_stays(server, tmp_path)
 
     server.files["/img.qcow2"] = PAYLOAD
     url = server.base + "/img.qcow2"
-    part = pull.partial_path(url, tmp_path)
-    lock = part.with_name(part.name.removesuffix(".part") + ".lock")
+    lock = pull.download_lock_path(url, tmp_path)
     busy = pytest.raises(errors.Busy, match=r"is being downloaded already: download of http")
     with file_lock(lock, f"download of {url}", "held by the test", remove=True), busy:
         pull.download(url, tmp_path)

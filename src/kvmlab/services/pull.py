@@ -121,6 +121,11 @@ def partial_path(url: str, downloads_dir: Path) -> Path:
     return downloads_dir / f"{key}-{url_filename(url)}.part"
 
 
+def download_lock_path(url: str, downloads_dir: Path) -> Path:
+    """The lock file held while ``url`` is downloaded (beside its partial file)."""
+    return partial_path(url, downloads_dir).with_suffix(".lock")
+
+
 def download(
     url: str,
     downloads_dir: Path,
@@ -138,7 +143,7 @@ def download(
 
     downloads_dir.mkdir(parents=True, exist_ok=True)
     part = partial_path(url, downloads_dir)
-    lock = part.with_name(part.name.removesuffix(".part") + ".lock")
+    lock = download_lock_path(url, downloads_dir)
     with file_lock(lock, f"download of {url}", f"{url} is being downloaded already", remove=True):
         return _download(url, part, checksum, progress, timeout)
 
@@ -212,7 +217,6 @@ def _copy(
             buf = buffers.take()
             n = resp.readinto(buf)
             if not n:
-                buffers.give_back(buf)
                 break
             out.write(memoryview(buf)[:n])
             buffers.hash(buf, n)
@@ -261,10 +265,6 @@ class _HashingBuffers:
     def take(self) -> bytearray:
         """A buffer to receive into (waits while all of them are still being hashed)."""
         return self._free.get()
-
-    def give_back(self, buf: bytearray) -> None:
-        """Return a buffer that holds nothing to hash."""
-        self._free.put(buf)
 
     def hash(self, buf: bytearray, n: int) -> None:
         """Hash the first ``n`` bytes of ``buf`` (in order), then reuse the buffer."""
