@@ -1,24 +1,26 @@
-"""Download speed: kvmlab's ``pull.download`` (SHA-256 while streaming) against curl.
+"""Pull speed: ``kvmlab image pull`` and its download step against curl.
 
 One local server (``python -m http.server`` in its own process, on 127.0.0.1) serves a
-file of ``$BENCH_PULL_MB`` MiB (default 256) of random bytes; each case downloads it into a
-temporary directory:
+qcow2 image holding ``$BENCH_PULL_MB`` MiB (default 256) of random bytes (random, so nothing
+compresses; qcow2, so ``image pull`` accepts it). Cases:
 
-* ``kvmlab`` - ``kvmlab.services.pull.download`` with a SHA-256 checksum (what ``image pull``
-  does before the upload), in a fresh Python process;
-* ``curl+sha256sum`` - ``curl -o`` then ``sha256sum`` (the same work done by hand);
-* ``curl`` - ``curl -o`` alone (the floor: no checksum);
-* ``kvmlab image pull`` - the whole command (``kvmlab -c URI image pull URL --sha256 HEX``):
-  click and libvirt start-up, the download, then the upload of the verified file into the
-  image pool of a ``tests.sandbox.Sandbox`` daemon over a libvirt stream. For information:
-  the target compares the download (``kvmlab``) with curl writing the same file.
+* ``curl`` - ``curl -o`` alone, no checksum: the target's reference;
+* ``kvmlab image pull`` - the whole command (``kvmlab -c URI image pull URL --sha256 HEX``)
+  as a local client of a ``tests.sandbox.Sandbox`` daemon: run in the sandbox's mount
+  namespace (``Sandbox.run_in_mountns``), it sees the pool's files as the daemon does, so the
+  verified download is renamed into the volume libvirt creates. Its download cache is put on
+  the pool's mount (``KVMLAB_CACHE_DIR``), as ``/var/cache/kvmlab`` and
+  ``/var/lib/libvirt`` are one file system on a usual host;
+* ``kvmlab image pull, upload`` - the same command from outside that mount namespace, as for
+  a daemon on another host: the file goes into the pool over a libvirt stream;
+* ``kvmlab download`` - ``kvmlab.services.pull.download`` with a SHA-256 alone, in a fresh
+  Python process (the download step without the CLI, libvirt and the pool);
+* ``curl+sha256sum`` - ``curl -o`` then ``sha256sum`` (the same work done by hand).
 
-The served file is a qcow2 image holding ``$BENCH_PULL_MB`` MiB of random bytes (random, so
-nothing compresses; qcow2, so ``image pull`` accepts it).
-
-Runs interleaved, ``$BENCH_RUNS`` (default 5) times each after a warm-up. The clock stops
-when the program exits; then the file it wrote is checked (one file, the full size) and
-removed, untimed for every case (deleting 256 MiB takes ~15 ms).
+The curl and download cases write into a temporary directory; the pulls into the sandbox's
+pool. Runs interleaved, ``$BENCH_RUNS`` (default 5) times each after a warm-up. The clock
+stops when the program exits; then what it wrote is checked and removed, and ``sync`` runs,
+untimed for every case (so no case pays for the previous one's write-back).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from common import (
 from tests.sandbox import Sandbox, cleanup_stale_sandboxes
 
 SIZE_MB = int(os.environ.get("BENCH_PULL_MB", "256"))
+LOCAL_CACHE = "/var/lib/libvirt/kvmlab-bench-cache"  # as the sandbox daemon sees it
 
 
 def _free_port() -> int:
@@ -74,17 +77,30 @@ def _timed(argv: list[str], out_dir: Path, size: int) -> float:
     if len(written) != 1 or written[0].stat().st_size != size:
         raise RuntimeError(f"{argv[0]} did not leave exactly the downloaded file: {written}")
     written[0].unlink()
+    os.sync()
     return elapsed
 
 
-def _timed_cli_pull(uri: str, url: str, digest: str) -> float:
+def _timed_cli_pull(sb: Sandbox, url: str, digest: str, size: int, *, local: bool) -> float:
     """Wall time of ``kvmlab image pull``; the image is checked and removed untimed."""
+    uri = sb.INSIDE_URI if local else sb.uri
     argv = [str(KVMLAB), "-c", uri, "image", "pull", url, "--sha256", digest, "--name", "bp"]
+    env = python_env(KVMLAB_CACHE_DIR=LOCAL_CACHE) if local else python_env()
+    run = sb.run_in_mountns if local else subprocess.run
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=python_env())
+    done = run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+               text=True)  # fmt: skip
     elapsed = time.perf_counter() - start
-    subprocess.run([str(KVMLAB), "-c", uri, "image", "rm", "bp"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    how = "(local daemon: no upload)" if local else "uploading"
+    if how not in done.stderr:
+        raise RuntimeError(f"image pull did not say {how!r}: {done.stderr}")
+    vol = subprocess.run([str(KVMLAB), "-c", sb.uri, "--json", "image", "list"], check=True,
+                         capture_output=True, text=True, env=python_env())  # fmt: skip
+    if f'"capacity": {size}' not in vol.stdout:
+        raise RuntimeError(f"the pulled image is not the served one: {vol.stdout}")
+    subprocess.run([str(KVMLAB), "-c", sb.uri, "image", "rm", "bp"], check=True,
+                   stdout=subprocess.DEVNULL, env=python_env())  # fmt: skip
+    os.sync()
     return elapsed
 
 
@@ -127,7 +143,14 @@ def main() -> int:
             )
             target = out_dir / "curl.img"
             cases = {
-                "kvmlab": lambda: _timed(
+                "curl": lambda: _timed([curl, "-sf", "-o", str(target), url], out_dir, size),
+                "kvmlab image pull": lambda: _timed_cli_pull(
+                    sb, url, digest, SIZE_MB << 20, local=True
+                ),
+                "kvmlab image pull, upload": lambda: _timed_cli_pull(
+                    sb, url, digest, SIZE_MB << 20, local=False
+                ),
+                "kvmlab download": lambda: _timed(
                     [py, "-c", code, url, str(out_dir), digest], out_dir, size
                 ),
                 "curl+sha256sum": lambda: _timed(
@@ -135,8 +158,6 @@ def main() -> int:
                     out_dir,
                     size,
                 ),
-                "curl": lambda: _timed([curl, "-sf", "-o", str(target), url], out_dir, size),
-                "kvmlab image pull": lambda: _timed_cli_pull(sb.uri, url, digest),
             }
             stats = interleave(cases, runs)
         finally:
@@ -148,9 +169,10 @@ def main() -> int:
         "pull",
         stats,
         [
-            Ratio("kvmlab", "curl+sha256sum"),
-            Ratio("curl", "kvmlab", at_least=0.9),
-            Ratio("curl", "kvmlab image pull"),
+            Ratio("curl", "kvmlab image pull", at_least=0.9),
+            Ratio("curl", "kvmlab download", at_least=0.9),
+            Ratio("curl", "kvmlab image pull, upload"),
+            Ratio("curl+sha256sum", "kvmlab image pull"),
         ],
         extra={"size_mib": mib, "median_speed": speeds},
         extra_markdown="\n".join(f"- {n}: {v} (median)" for n, v in speeds.items()) + "\n",

@@ -509,6 +509,24 @@ class Sandbox:
         """
         return subprocess.run(["ip", "netns", "exec", self.netns, *argv], **kw)
 
+    INSIDE_URI = "qemu:///system?socket=/run/libvirt/libvirt-sock"
+    """The sandbox daemon's URI for a process started with :meth:`run_in_mountns`."""
+
+    def run_in_mountns(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
+        """Run ``argv`` in the sandbox's mount namespace (host network namespace).
+
+        It sees the daemon's directories (``/run``, ``/var/lib/libvirt``) as the daemon does, so
+        a pool's volume files are its own files there, as for a local client; it connects with
+        :attr:`INSIDE_URI` and still reaches servers on the host's loopback. nsenter fails (and
+        runs nothing) if the keeper is gone. Keyword arguments go to ``subprocess.run``.
+        """
+        keeper = self._keeper
+        if keeper is None or keeper.poll() is not None:
+            raise SandboxError("the sandbox is not running")
+        return subprocess.run(
+            ["nsenter", "--target", str(keeper.pid), "--mount", "--", *argv], **kw
+        )
+
     def host_path(self, daemon_path: str) -> Path:
         """Where a path as the daemon sees it (``/var/lib/libvirt/images/x``) is on the host.
 

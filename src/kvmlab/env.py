@@ -33,6 +33,8 @@ def _default_state_dir() -> Path:
 def _default_cache_dir() -> Path:
     from pathlib import Path
 
+    if os.environ.get("KVMLAB_CACHE_DIR"):
+        return Path(os.environ["KVMLAB_CACHE_DIR"])
     if os.geteuid() == 0:
         return Path("/var/cache/kvmlab")
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -2,6 +2,9 @@
 
 * A gzip-compressed raw disk is pulled from an http.server on 127.0.0.1 (started here) with
   a SHA256SUMS file, converted to qcow2 and uploaded through libvirt.
+* ``kvmlab image pull`` run as a local client (in the sandbox's mount namespace) stores the
+  verified download in the volume's own file instead of uploading it: moved when the cache is
+  on the pool's mount, copied when not; both keep libvirt's mode and owner.
 * An ISO built here with pycdlib and ISOLINUX (El Torito) holding the tiny image's kernel
   and initramfs boots a machine with an empty disk from the CD to the initramfs shell.
 * The same kernel and initramfs imported as image-pool volumes boot a machine directly.
@@ -13,6 +16,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
+import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,15 +31,18 @@ import pytest
 
 from kvmlab import errors
 from kvmlab.env import Env
+from kvmlab.libvirt import build
 from kvmlab.services import images, machines, pull
-from kvmlab.services.storage import IMAGE_POOL
+from kvmlab.services.storage import IMAGE_POOL, ensure_pools
 from kvmlab.specs import Accel, MachineSpec
+from tests.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 
 ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")
 LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 SHELL_MARK = b"kvmlab-tiny: rescue shell"
+KVMLAB = Path(sys.executable).parent / "kvmlab"
 
 
 @pytest.fixture()
@@ -100,6 +110,67 @@ def test_pull_raw_gz_with_checksums_then_rm(env: Env, web: tuple[str, Path]) -> 
     finally:
         images.remove_image(env, "t-pulled")
     assert not env.hypervisor.has_volume(IMAGE_POOL, "t-pulled")
+
+
+def test_a_daemon_in_another_mount_namespace_is_not_local(env: Env) -> None:
+    """This process does not see the sandbox daemon's files: pulls upload over the stream."""
+    ensure_pools(env)
+    env.hypervisor.create_volume(IMAGE_POOL, build.raw_volume("t-remote", 4096))
+    try:
+        assert env.hypervisor.local_volume_path(IMAGE_POOL, "t-remote") is None
+    finally:
+        env.hypervisor.delete_volume(IMAGE_POOL, "t-remote")
+
+
+def _qcow2(size: int, tag: bytes) -> bytes:
+    """A small qcow2 image whose data starts with ``tag`` (made with qemu-img)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, out = Path(tmp) / "r.raw", Path(tmp) / "r.qcow2"
+        raw.write_bytes(tag + os.urandom(size - len(tag)))
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
+                       check=True)  # fmt: skip
+        return out.read_bytes()
+
+
+@pytest.mark.parametrize("cache_on_pool_mount", [True, False], ids=["moved", "copied"])
+def test_local_pull_stores_the_download_without_an_upload(
+    sandbox: Sandbox, env: Env, web: tuple[str, Path], tmp_path: Path, cache_on_pool_mount: bool
+) -> None:
+    base, root = web
+    data = _qcow2(3 * 1024 * 1024, b"kvmlab-local")
+    (root / "l.qcow2").write_bytes(data)
+    # The sandbox's /var/lib/libvirt is one bind mount: a cache there is on the pool's mount
+    # (a rename); /tmp is another mount of the same file system (rename fails: a copy).
+    cache = "/var/lib/libvirt/kvmlab-test-cache" if cache_on_pool_mount else str(tmp_path / "c")
+    argv = [str(KVMLAB), "-c", sandbox.INSIDE_URI, "image", "pull", f"{base}/l.qcow2",
+            "--sha256", hashlib.sha256(data).hexdigest(), "--name", "t-local"]  # fmt: skip
+    result = sandbox.run_in_mountns(
+        argv, capture_output=True, text=True, env={**os.environ, "KVMLAB_CACHE_DIR": cache}
+    )
+    assert result.returncode == 0, result.stderr
+    try:
+        assert "(local daemon: no upload)" in result.stderr
+        assert "uploading" not in result.stderr
+        assert result.stdout.strip() == "pulled image t-local: qcow2 3M"
+        vol = env.hypervisor.volume(IMAGE_POOL, "t-local")
+        assert vol.format == "qcow2"
+        stored = sandbox.host_path(vol.path)
+        assert stored.read_bytes() == data
+        # mode and owner as libvirt gives its new volumes
+        env.hypervisor.create_volume(IMAGE_POOL, build.raw_volume("t-fresh", 4096))
+        fresh = sandbox.host_path(env.hypervisor.volume(IMAGE_POOL, "t-fresh").path).stat()
+        got = stored.stat()
+        assert (stat.S_IMODE(got.st_mode), got.st_uid, got.st_gid) == (
+            stat.S_IMODE(fresh.st_mode), fresh.st_uid, fresh.st_gid
+        )
+        downloads = sandbox.host_path(cache + "/downloads")
+        assert [p.name for p in downloads.iterdir()] == []  # nothing left behind
+    finally:
+        images.remove_image(env, "t-local")
+        env.hypervisor.delete_volume(IMAGE_POOL, "t-fresh")
+        subprocess.run(["rm", "-rf", str(sandbox.host_path(cache))], check=True)
 
 
 def _boot_iso(path: Path, kernel: Path, initrd: Path, cmdline: str) -> None:

@@ -291,3 +291,50 @@ def test_a_url_being_downloaded_is_busy_and_no_lock_file_stays(server, tmp_path)
         pull.download(url, tmp_path)
     path = pull.download(url, tmp_path, checksum=pull.Checksum.from_hex(_sha256(PAYLOAD)))
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def _volume_file(path: Path, uid: int, gid: int) -> Path:
+    """An empty file like libvirt's new volume: mode 0600, owned by uid:gid."""
+    import os
+
+    path.write_bytes(b"")
+    os.chmod(path, 0o600)
+    os.chown(path, uid, gid)
+    return path
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="chown needs root")  # fmt: skip
+@pytest.mark.parametrize("move", [True, False], ids=["move", "copy"])
+def test_place_file_fills_the_volume_file_with_its_mode_and_owner(
+    tmp_path: Path, move: bool
+) -> None:
+    import os
+
+    src = tmp_path / "download"
+    src.write_bytes(PAYLOAD)
+    os.chmod(src, 0o644)
+    target = _volume_file(tmp_path / "vol", 1234, 5678)
+    pull.place_file(src, target, move=move)
+    st = target.stat()
+    assert target.read_bytes() == PAYLOAD
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 1234, 5678)
+    assert src.exists() is not move  # moved, or copied and left for the caller to remove
+
+
+def test_place_file_copies_when_the_rename_crosses_mounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    def cross_device(a: object, b: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    src = tmp_path / "download"
+    src.write_bytes(PAYLOAD)
+    target = _volume_file(tmp_path / "vol", os.getuid(), os.getgid())
+    monkeypatch.setattr(os, "rename", cross_device)
+    pull.place_file(src, target, move=True)
+    assert target.read_bytes() == PAYLOAD
+    assert target.stat().st_mode & 0o7777 == 0o600

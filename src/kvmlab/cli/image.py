@@ -61,11 +61,15 @@ def list_(state: State) -> None:
 
 # -- issue 6: pull, import, rm, catalog ------------------------------------------------------
 def _byte_progress(state: State, what: str):  # type: ignore[no-untyped-def]
-    """A rich progress bar on stderr (none with --json); returns (callback, stop)."""
-    if state.json:
-        return None, lambda: None
+    """A rich progress bar on stderr; returns (callback, stop).
+
+    None with --json or when stderr is not a terminal (a transient bar would print nothing
+    there, and loading rich costs ~40 ms).
+    """
     import sys
 
+    if state.json or not sys.stderr.isatty():
+        return None, lambda: None
     from rich.console import Console
     from rich.progress import (
         BarColumn,

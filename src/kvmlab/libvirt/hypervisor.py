@@ -465,6 +465,44 @@ class Hypervisor:
                 stream.abort()
                 raise
 
+    def local_volume_path(self, pool_name: str, name: str) -> Path | None:
+        """The volume's file as this process sees it, if it is the very file the daemon uses.
+
+        Writes 16 random bytes at the start of the volume through libvirt and reads them back
+        from the volume's path here: a remote daemon, or one in another mount namespace, gives
+        None. Meant for a volume that is about to be filled (its first bytes are overwritten).
+        """
+        import os
+        import pathlib
+
+        nonce = os.urandom(16)
+        self.upload_volume(pool_name, name, nonce)
+        with map_errors(self.uri, what=f"read volume {name}"):
+            path = pathlib.Path(self._volume(pool_name, name).path())
+        try:
+            with path.open("rb") as f:
+                return path if f.read(len(nonce)) == nonce else None
+        except OSError:
+            return None
+
+    def refresh_pool(self, pool_name: str, timeout: float = 30.0) -> None:
+        """Have libvirt re-read a pool's volumes (format, sizes) after their files changed.
+
+        libvirt refuses while another client builds a volume in the pool (a full clone); this
+        waits for that, up to ``timeout`` seconds.
+        """
+        pool = self._pool(pool_name)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pool.refresh(0)
+                return
+            except libvirt.libvirtError as e:
+                busy = "asynchronous jobs" in (e.get_error_message() or "")
+                if not busy or time.monotonic() > deadline:
+                    raise translate(e, self.uri, what=f"refresh pool {pool_name}") from e
+            time.sleep(0.1)
+
 
     # -- snapshots --------------------------------------------------------------------------
     # kvmlab takes internal qcow2 snapshots only (docs/snapshots.md says why); these methods
