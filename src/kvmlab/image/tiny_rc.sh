@@ -6,6 +6,7 @@
 #   /sbin/tiny-rc stop         busybox init's shutdown: stop everything, flush, remount / ro
 #   /sbin/tiny-rc console      the root shell on a console (busybox init respawns it)
 #   /sbin/tiny-rc agent        qemu-ga on the virtio-serial port org.qemu.guest_agent.0
+#   /sbin/tiny-rc meta FILE    print the hostname and instance-id NoCloud meta-data gives
 #   /usr/share/udhcpc/default.script EVENT   udhcpc's hook: apply a lease, report it
 #   /sbin/shutdown [-r|-H|-P] ...            what qemu-ga runs for guest-shutdown
 #   /etc/acpi/PWRF/00000080                  what busybox acpid runs for the power button
@@ -13,12 +14,38 @@
 
 say() { echo "kvmlab-tiny: $*" >/dev/console; }
 
-# meta_value KEY FILE: the value of KEY in NoCloud meta-data (YAML "key: value" or JSON).
-meta_value() {
-    {
-        sed -n "s/^[[:space:]]*$1[[:space:]]*:[[:space:]]*//p" "$2"
-        sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" "$2"
-    } | head -n 1 | sed -e 's/[[:space:]]*$//' -e "s/^[\"']//" -e "s/[\"']\$//"
+# read_meta FILE: sets $given_hostname and $instance_id from NoCloud meta-data (YAML
+# "key: value" lines or JSON). Shell built-ins only: under TCG every process started costs the
+# boot tens of milliseconds before its first DHCP request.
+read_meta() {
+    given_hostname=
+    instance_id=
+    [ -r "$1" ] || return 1
+    while IFS= read -r line || [ -n "$line" ]; do
+        if meta_key "$line" local-hostname; then given_hostname=$value; fi
+        if meta_key "$line" instance-id; then instance_id=$value; fi
+    done <"$1"
+}
+
+# meta_key LINE KEY: if LINE gives KEY a value, set $value to it (quotes removed).
+meta_key() {
+    case "$1" in *"$2"*) ;; *) return 1 ;; esac
+    rest=${1#*"$2"}
+    rest=${rest#\"}
+    rest=${rest#"${rest%%[![:space:]]*}"}
+    case "$rest" in :*) rest=${rest#:} ;; *) return 1 ;; esac
+    rest=${rest#"${rest%%[![:space:]]*}"}
+    case "$rest" in
+    \"*)
+        rest=${rest#\"}
+        value=${rest%%\"*}
+        ;;
+    \'*)
+        rest=${rest#\'}
+        value=${rest%%\'*}
+        ;;
+    *) value=${rest%%[[:space:],\}]*} ;;
+    esac
 }
 
 # find_seed: the device holding the NoCloud seed (ISO9660 labelled cidata), if any.
@@ -39,24 +66,34 @@ find_seed() {
     return 1
 }
 
+# set_hostname: the hostname from the NoCloud seed's local-hostname (else "tiny"); the seed's
+# instance-id goes to /run/instance-id. The seed stays mounted on /run/cidata until
+# start_network has started DHCP (seed_done).
 set_hostname() {
     name=tiny
     seed=$(find_seed)
     if [ -n "$seed" ]; then
-        mkdir -p /run/cidata
         if mount -t iso9660 -o ro "$seed" /run/cidata 2>/dev/null; then
-            given=$(meta_value local-hostname /run/cidata/meta-data | tr -cd 'A-Za-z0-9.-')
-            [ -n "$given" ] && name=$(echo "$given" | cut -c1-63)
-            meta_value instance-id /run/cidata/meta-data >/run/instance-id
-            umount /run/cidata
+            seed_mounted=1
+            read_meta /run/cidata/meta-data
+            case "$given_hostname" in
+            *[!A-Za-z0-9.-]*) given_hostname=$(printf %s "$given_hostname" | tr -cd 'A-Za-z0-9.-') ;;
+            esac
+            while [ "${#given_hostname}" -gt 63 ]; do given_hostname=${given_hostname%?}; done
+            [ -n "$given_hostname" ] && name=$given_hostname
+            echo "$instance_id" >/run/instance-id
         else
             say "cannot mount the NoCloud seed $seed (iso9660 expected)"
         fi
     fi
-    hostname "$name"
+    echo "$name" >/proc/sys/kernel/hostname
     echo "$name" >/etc/hostname
     printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost\n' "$name" >/etc/hosts
     say "hostname $name"
+}
+
+seed_done() {
+    [ -z "$seed_mounted" ] || umount /run/cidata
 }
 
 start_network() {
@@ -70,7 +107,7 @@ start_network() {
         ip link set "$ifc" up
         # Runs for good: retries every few seconds until a DHCP server answers, then renews.
         udhcpc -f -i "$ifc" -s /usr/share/udhcpc/default.script -t 5 -T 1 -A 3 \
-            -x "hostname:$(hostname)" -p "/run/udhcpc.$ifc.pid" >/dev/null 2>&1 &
+            -x "hostname:$name" -p "/run/udhcpc.$ifc.pid" >/dev/null 2>&1 &
     done
 }
 
@@ -83,11 +120,12 @@ boot() {
     mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
     mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
     mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /tmp
-    mkdir -p /data /root
+    mkdir -p /data /root /run/cidata
     # Power button -> /etc/acpi/PWRF/00000080 -> poweroff: libvirt's ACPI shutdown is clean.
     acpid -l /run/acpid.log
     set_hostname
     start_network
+    seed_done
 }
 
 stop() {
@@ -168,8 +206,12 @@ shutdown) shutdown_request "$@" ;;
 *)
     case "$1" in
     boot | stop | console | agent) "$1" ;;
+    meta)
+        read_meta "$2" || exit 1
+        printf 'hostname=%s\ninstance-id=%s\n' "$given_hostname" "$instance_id"
+        ;;
     *)
-        echo "usage: $0 boot|stop|console|agent" >&2
+        echo "usage: $0 boot|stop|console|agent|meta FILE" >&2
         exit 2
         ;;
     esac
