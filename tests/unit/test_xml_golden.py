@@ -259,12 +259,11 @@ def test_network_survives_the_test_driver(
     assert (back.kvmlab.mode, back.kvmlab.created) == (made.kvmlab.mode, CREATED)
 
 
-def test_nat_network_has_range_domain_and_no_stp(test_conn: Any) -> None:
+def test_nat_network_has_range_domain_and_stp(test_conn: Any) -> None:
     back = NetworkXML.from_xml(test_conn.networkDefineXML(nat_network().to_xml()).XMLDesc())
     assert (back.dhcp_start, back.dhcp_end) == ("10.70.0.2", "10.70.0.254")
     assert (back.domain_name, back.domain_local_only) == ("lab.test", True)
-    # STP off: a new machine port forwards at once (docs/networks.md)
-    assert (back.bridge_stp, back.bridge_delay) == (False, 0)
+    assert (back.bridge_stp, back.bridge_delay) == (True, 0)
 
 
 def test_pool_survives_the_test_driver(test_conn: Any) -> None:

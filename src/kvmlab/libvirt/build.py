@@ -178,9 +178,7 @@ def network_from_spec(spec: NetworkSpec, *, bridge: str, created: str) -> Networ
         return net
     if spec.mode == "nat":
         net.forward_mode = "nat"
-    # No STP: a NAT or isolated switch has only machine ports, no link that could close a loop,
-    # and with STP on every new port listens and learns ~1 s before a guest's DHCP gets through.
-    net.bridge_name, net.bridge_stp, net.bridge_delay = bridge, False, 0
+    net.bridge_name, net.bridge_stp, net.bridge_delay = bridge, True, 0
     if spec.domain:
         net.domain_name, net.domain_local_only = spec.domain, True
     net.ip_address, net.ip_prefix = str(spec.gateway), spec.network.prefixlen
