@@ -32,7 +32,7 @@ import pytest
 from kvmlab import errors
 from kvmlab.env import Env
 from kvmlab.libvirt import build
-from kvmlab.services import images, machines, pull
+from kvmlab.services import images, imagestore, machines, pull
 from kvmlab.services.storage import IMAGE_POOL, ensure_pools
 from kvmlab.specs import Accel, MachineSpec
 from tests.sandbox import Sandbox
@@ -105,7 +105,7 @@ def test_pull_raw_gz_with_checksums_then_rm(env: Env, web: tuple[str, Path]) -> 
         notes = root / "notes.txt"
         notes.write_text("not a disk\n" * 100)
         with pytest.raises(errors.InvalidInput, match="not a disk image"):
-            pull.import_image(env, notes, "t-notes")
+            imagestore.import_image(env, notes, "t-notes")
         assert not env.hypervisor.has_volume(IMAGE_POOL, "t-notes")
     finally:
         images.remove_image(env, "t-pulled")
@@ -215,7 +215,7 @@ def _cleanup(env: Env, *machine_names: str) -> None:
 def test_machine_boots_an_iso_from_cdrom(env: Env, sandbox, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     iso = tmp_path / "rescue.iso"
     _boot_iso(iso, tiny.kernel, tiny.initrd, "console=ttyS0 kvmlab.shell")
-    vol = pull.import_image(env, iso, "t-rescue-iso")
+    vol = imagestore.import_image(env, iso, "t-rescue-iso")
     assert vol.format in ("iso", "raw")
     log = "/var/log/libvirt/qemu/t-iso-console.log"
     spec = MachineSpec(
@@ -240,8 +240,8 @@ def test_machine_boots_an_iso_from_cdrom(env: Env, sandbox, tiny, tmp_path: Path
 
 def test_direct_kernel_boot_from_pool_volumes(env: Env, sandbox, tiny) -> None:  # type: ignore[no-untyped-def]
     images.build_tiny(env)
-    pull.import_image(env, tiny.kernel, "t-vmlinuz", as_is=True)
-    pull.import_image(env, tiny.initrd, "t-initrd", as_is=True)
+    imagestore.import_image(env, tiny.kernel, "t-vmlinuz", as_is=True)
+    imagestore.import_image(env, tiny.initrd, "t-initrd", as_is=True)
     log = "/var/log/libvirt/qemu/t-kernel-console.log"
     spec = MachineSpec(
         name="t-kernel", image="tiny", kernel="t-vmlinuz", initrd="t-initrd",

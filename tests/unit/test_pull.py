@@ -20,7 +20,7 @@ import pytest
 
 from kvmlab import errors
 from kvmlab.env import Env
-from kvmlab.services import catalog, pull
+from kvmlab.services import catalog, imagestore, pull
 from kvmlab.services.storage import IMAGE_POOL
 
 NODE = Path(__file__).resolve().parent.parent / "data" / "cli" / "node.xml"
@@ -232,11 +232,11 @@ def test_xz_qcow2_is_unpacked(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_default_names() -> None:
-    assert pull.default_name("https://x/y/debian-12-genericcloud-amd64.qcow2") == (
+    assert imagestore.default_name("https://x/y/debian-12-genericcloud-amd64.qcow2") == (
         "debian-12-genericcloud-amd64"
     )
-    assert pull.default_name("/tmp/disk.img.xz") == "disk"
-    assert pull.default_name("https://x/noble-server-cloudimg-amd64.img") == (
+    assert imagestore.default_name("/tmp/disk.img.xz") == "disk"
+    assert imagestore.default_name("https://x/noble-server-cloudimg-amd64.img") == (
         "noble-server-cloudimg-amd64"
     )
 
@@ -246,7 +246,7 @@ def test_text_file_is_refused_and_no_volume_is_made(env, tmp_path) -> None:  # t
     text = tmp_path / "notes.txt"
     text.write_text("hello\n" * 1000)
     with pytest.raises(errors.InvalidInput, match="not a disk image"):
-        pull.import_image(env, text, "notes")
+        imagestore.import_image(env, text, "notes")
     assert not env.hypervisor.has_volume(IMAGE_POOL, "notes")
 
 
@@ -315,7 +315,7 @@ def test_place_file_fills_the_volume_file_with_its_mode_and_owner(
     src.write_bytes(PAYLOAD)
     os.chmod(src, 0o644)
     target = _volume_file(tmp_path / "vol", 1234, 5678)
-    pull.place_file(src, target, move=move)
+    imagestore.place_file(src, target, move=move)
     st = target.stat()
     assert target.read_bytes() == PAYLOAD
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 1234, 5678)
@@ -335,6 +335,6 @@ def test_place_file_copies_when_the_rename_crosses_mounts(
     src.write_bytes(PAYLOAD)
     target = _volume_file(tmp_path / "vol", os.getuid(), os.getgid())
     monkeypatch.setattr(os, "rename", cross_device)
-    pull.place_file(src, target, move=True)
+    imagestore.place_file(src, target, move=True)
     assert target.read_bytes() == PAYLOAD
     assert target.stat().st_mode & 0o7777 == 0o600

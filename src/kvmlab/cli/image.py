@@ -144,7 +144,7 @@ def import_command(state: State, file: object, name: str | None, as_is: bool) ->
     """Add a local image file (qcow2, raw, ISO; .xz/.gz too) to the image pool."""
     from pathlib import Path
 
-    from kvmlab.services.pull import default_name, import_image
+    from kvmlab.services.imagestore import default_name, import_image
 
     assert isinstance(file, Path)
     up, stop_up = _byte_progress(state, "upload")

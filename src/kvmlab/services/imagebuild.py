@@ -16,7 +16,7 @@ def build_debian(env: Env, force: bool = False) -> Volume:
     """
     from kvmlab.image.debian import build_debian_image
     from kvmlab.services.images import remove_image
-    from kvmlab.services.pull import import_image
+    from kvmlab.services.imagestore import import_image
     from kvmlab.services.storage import IMAGE_POOL, ensure_pools
 
     ensure_pools(env)

@@ -1,4 +1,4 @@
-"""Pull and import images: download (resumable), verify, detect, convert, upload.
+"""Pull images: download (resumable), verify, detect, convert; then store (imagestore).
 
 The steps are separate functions so each can be tested alone:
 
@@ -8,10 +8,8 @@ The steps are separate functions so each can be tested alone:
 * :func:`prepare` decompresses ``.xz``/``.gz`` streams, detects the format from magic bytes
   (qcow2, ISO 9660, or a raw disk with a partition table/file system) and converts raw disks
   to qcow2 with ``qemu-img``. Anything else (a text file, an HTML error page) is refused.
-* :func:`import_image` puts the prepared file into a volume libvirt creates in the image pool.
-  A remote daemon (or one in another mount namespace) gets the bytes over a libvirt stream;
-  a local one has the verified download renamed over its new, still empty volume file (or
-  copied into it), which is what makes a pull as fast as curl writing the file.
+* :func:`pull_image` puts it all together and hands the verified file to
+  :func:`kvmlab.services.imagestore.import_image`, which stores it in the image pool.
 """
 
 from __future__ import annotations
@@ -389,135 +387,6 @@ def prepare(path: Path, workdir: Path) -> tuple[Path, str]:
     return path, fmt
 
 
-# -- into the pool --------------------------------------------------------------------------
-def default_name(source: str) -> str:
-    """An image name from a URL or file name: ``debian-12-genericcloud-amd64.qcow2.xz`` ->
-    ``debian-12-genericcloud-amd64``."""
-    name = url_filename(source) if "://" in source else Path(source).name
-    name = re.sub(r"(\.(xz|gz|qcow2|img|raw|iso))+$", "", name, flags=re.IGNORECASE)
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", name).lstrip("-._")
-    return name[:64] or "image"
-
-
-def check_free(env: Env, name: str) -> None:
-    """Refuse an image name that is invalid or taken, before anything is downloaded."""
-    from kvmlab.names import validate_name
-    from kvmlab.services.storage import IMAGE_POOL, ensure_pools
-
-    validate_name(name, "image")
-    ensure_pools(env)
-    if env.hypervisor.has_volume(IMAGE_POOL, name):
-        raise errors.AlreadyExists(
-            f"an image named {name!r} exists already on {env.uri}",
-            hint=f"pick another --name, or remove it with `kvmlab image rm {name}`",
-        )
-
-
-def import_image(
-    env: Env,
-    path: Path,
-    name: str,
-    progress: ByteProgress | None = None,
-    *,
-    as_is: bool = False,
-    owned: bool = False,
-    checked: bool = False,
-) -> Volume:
-    """Import a local image file (qcow2, raw, ISO, optionally .xz/.gz) as image ``name``.
-
-    ``as_is`` stores the bytes unchanged, without format checks: a kernel or initrd for
-    ``vm create --kernel/--initrd``. ``owned``: the file is kvmlab's own (a finished
-    download) and may be moved into the pool instead of copied. ``checked``: the caller ran
-    :func:`check_free` already.
-    """
-    import tempfile
-
-    if not path.is_file():
-        raise errors.NotFound(f"no file {str(path)!r}")
-    if not checked:
-        check_free(env, name)
-    workroot = env.cache_dir / "downloads"
-    workroot.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=workroot, prefix="import-") as tmp:
-        ready, fmt = (path, "boot file") if as_is else prepare(path, Path(tmp))
-        return _store(env, ready, name, fmt, progress, movable=owned or ready != path)
-
-
-def _store(
-    env: Env, ready: Path, name: str, fmt: str, progress: ByteProgress | None, movable: bool
-) -> Volume:
-    """Put a prepared file into the image pool as a new volume ``name``.
-
-    libvirt creates the volume. When this process sees the daemon's own file for it (a local
-    daemon in the same mount namespace), the file is moved (``movable``, same file system) or
-    copied there and the pool re-read; otherwise the bytes go over a libvirt stream.
-    """
-    from kvmlab.libvirt.build import raw_volume
-    from kvmlab.services.storage import IMAGE_POOL
-
-    hv = env.hypervisor
-    size = ready.stat().st_size
-    # A raw volume of the file's size; libvirt re-detects qcow2 from the stored header.
-    hv.create_volume(IMAGE_POOL, raw_volume(name, size))
-    try:
-        target = hv.local_volume_path(IMAGE_POOL, name)
-        if target is not None:
-            env.progress(
-                f"storing {fmt} image {name} ({size // 1024} KiB) in pool {IMAGE_POOL} "
-                "(local daemon: no upload)"
-            )
-            place_file(ready, target, move=movable and _same_fs(ready, target))
-            hv.refresh_pool(IMAGE_POOL)
-            if progress:
-                progress(size, size)
-        else:
-            env.progress(
-                f"uploading {fmt} image {name} ({size // 1024} KiB) into pool {IMAGE_POOL}"
-            )
-            hv.upload_volume(IMAGE_POOL, name, ready, progress=progress)
-    except BaseException:
-        hv.delete_volume(IMAGE_POOL, name)
-        raise
-    return hv.volume(IMAGE_POOL, name)
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    """Whether a rename from ``a`` to ``b`` can work (it may still fail across bind mounts)."""
-    return a.stat().st_dev == b.stat().st_dev
-
-
-def place_file(src: Path, target: Path, *, move: bool) -> None:
-    """Make ``target`` (an existing volume file) hold ``src``'s bytes, with its mode and owner.
-
-    ``move`` renames ``src`` to ``target`` (no bytes copied; one file system). Otherwise, or
-    when the rename crosses mounts (a bind mount), the bytes are copied in the kernel.
-    """
-    import errno
-    import os
-    import shutil
-    import stat
-
-    st = target.stat()
-    if move:
-        os.chmod(src, stat.S_IMODE(st.st_mode))
-        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-            os.chown(src, st.st_uid, st.st_gid)
-        # Unlink first, not a rename over the target: ext4 would write the whole new file out
-        # before such a rename (auto_da_alloc), ~0.15 s per 256 MiB. A pool refresh in
-        # between only misses the volume until the caller's own refresh.
-        target.unlink()
-        try:
-            os.rename(src, target)
-            return
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-    shutil.copyfile(src, target)
-    os.chmod(target, stat.S_IMODE(st.st_mode))
-    if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-        os.chown(target, st.st_uid, st.st_gid)
-
-
 def pull_image(
     env: Env,
     source: str,
@@ -530,6 +399,7 @@ def pull_image(
 ) -> Volume:
     """Download a URL or catalogue image, verify it, and import it as image ``name``."""
     from kvmlab.services import catalog
+    from kvmlab.services.imagestore import check_free, default_name, import_image
 
     if "://" in source:
         url = source
