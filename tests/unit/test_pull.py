@@ -338,3 +338,71 @@ def test_place_file_copies_when_the_rename_crosses_mounts(
     imagestore.place_file(src, target, move=True)
     assert target.read_bytes() == PAYLOAD
     assert target.stat().st_mode & 0o7777 == 0o600
+
+
+class _BusyPool:
+    """A pool whose refresh libvirt refuses ``busy`` times (another client builds a volume)."""
+
+    def __init__(self, busy: int, message: str) -> None:
+        self.busy, self.message, self.calls = busy, message, 0
+
+    def refresh(self, flags: int) -> None:
+        import libvirt
+
+        self.calls += 1
+        if self.calls <= self.busy:
+            err = libvirt.libvirtError(self.message)
+            err.err = (libvirt.VIR_ERR_INTERNAL_ERROR, 0, self.message, 0, "", "", "", 0, 0)
+            raise err
+
+
+def test_pool_refresh_waits_while_libvirt_builds_a_volume(env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    pool = _BusyPool(2, "internal error: pool 'kvmlab-images' has asynchronous jobs running.")
+    monkeypatch.setattr(env.hypervisor, "_pool", lambda name: pool)
+    env.hypervisor.refresh_pool(IMAGE_POOL)
+    assert pool.calls == 3
+
+
+def test_pool_refresh_gives_other_errors_at_once(env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    pool = _BusyPool(5, "internal error: cannot open directory")
+    monkeypatch.setattr(env.hypervisor, "_pool", lambda name: pool)
+    with pytest.raises(errors.KvmlabError, match="cannot open directory"):
+        env.hypervisor.refresh_pool(IMAGE_POOL)
+    assert pool.calls == 1
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="runs the check as another user: needs root and setpriv")  # fmt: skip
+def test_a_volume_file_this_user_cannot_write_is_left_to_the_stream() -> None:
+    """A user of the daemon's socket (e.g. in the libvirt group) cannot replace root's volume
+    file: the local store is skipped and the bytes go over the stream."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    nobody = 65534
+    as_nobody = ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups"]
+    probe = subprocess.run([*as_nobody, sys.executable, "-c", "import kvmlab"], check=False,
+                           capture_output=True)  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip("user nobody cannot run this checkout's Python (a private directory)")
+    with tempfile.TemporaryDirectory() as d:
+        root_dir, own_dir = Path(d) / "root", Path(d) / "own"
+        root_dir.mkdir(mode=0o755)
+        own_dir.mkdir(mode=0o755)
+        os.chmod(d, 0o755)
+        _volume_file(root_dir / "vol", 0, 0)
+        _volume_file(own_dir / "vol", nobody, nobody)
+        os.chown(own_dir, nobody, nobody)
+        code = (
+            "import sys; from pathlib import Path; "
+            "from kvmlab.services.imagestore import _writable; "
+            "print(*(_writable(Path(p)) for p in sys.argv[1:]))"
+        )
+        result = subprocess.run(
+            [*as_nobody, sys.executable, "-c", code, str(root_dir / "vol"),
+             str(own_dir / "vol")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    assert result.stdout.split() == ["False", "True"]

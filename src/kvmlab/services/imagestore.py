@@ -92,7 +92,7 @@ def _store(
     hv.create_volume(IMAGE_POOL, raw_volume(name, size))
     try:
         target = hv.local_volume_path(IMAGE_POOL, name)
-        if target is not None:
+        if target is not None and _writable(target):
             env.progress(
                 f"storing {fmt} image {name} ({size // 1024} KiB) in pool {IMAGE_POOL} "
                 "(local daemon: no upload)"
@@ -110,6 +110,14 @@ def _store(
         hv.delete_volume(IMAGE_POOL, name)
         raise
     return hv.volume(IMAGE_POOL, name)
+
+
+def _writable(target: Path) -> bool:
+    """Whether this process may replace ``target`` (a user of the daemon's socket, in the
+    libvirt group, usually may not write root's pool directory: it uploads instead)."""
+    import os
+
+    return os.access(target, os.W_OK) and os.access(target.parent, os.W_OK | os.X_OK)
 
 
 def _same_fs(a: Path, b: Path) -> bool:
