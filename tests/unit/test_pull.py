@@ -406,3 +406,25 @@ def test_a_volume_file_this_user_cannot_write_is_left_to_the_stream() -> None:
             capture_output=True, text=True, check=True,
         )  # fmt: skip
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_place_file_copies_when_the_owner_cannot_be_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not root: the download cannot be handed to the volume's owner, so it is copied into
+    the volume's own file (inode, mode and owner kept) and stays for the caller to remove."""
+    import os
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    src = tmp_path / "download"
+    src.write_bytes(PAYLOAD)
+    target = _volume_file(tmp_path / "vol", os.getuid(), os.getgid())
+    inode = target.stat().st_ino
+    monkeypatch.setattr(os, "getuid", lambda: 4321)  # not the owner: a chown is needed
+    monkeypatch.setattr(os, "chown", refuse)
+    imagestore.place_file(src, target, move=True)
+    assert target.read_bytes() == PAYLOAD
+    assert target.stat().st_ino == inode and target.stat().st_mode & 0o7777 == 0o600
+    assert src.exists()

@@ -9,6 +9,7 @@ pull as fast as curl writing the file (docs/images.md, step 5).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,8 +116,6 @@ def _store(
 def _writable(target: Path) -> bool:
     """Whether this process may replace ``target`` (a user of the daemon's socket, in the
     libvirt group, usually may not write root's pool directory: it uploads instead)."""
-    import os
-
     return os.access(target, os.W_OK) and os.access(target.parent, os.W_OK | os.X_OK)
 
 
@@ -129,18 +128,14 @@ def place_file(src: Path, target: Path, *, move: bool) -> None:
     """Make ``target`` (an existing volume file) hold ``src``'s bytes, with its mode and owner.
 
     ``move`` renames ``src`` to ``target`` (no bytes copied; one file system). Otherwise, or
-    when the rename crosses mounts (a bind mount), the bytes are copied in the kernel.
+    when the rename crosses mounts (a bind mount) or ``src`` cannot be given the target's
+    owner, the bytes are copied in the kernel into the target file, which keeps its own.
     """
     import errno
-    import os
     import shutil
-    import stat
 
     st = target.stat()
-    if move:
-        os.chmod(src, stat.S_IMODE(st.st_mode))
-        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-            os.chown(src, st.st_uid, st.st_gid)
+    if move and _take_mode_and_owner(src, st):
         # Unlink first, not a rename over the target: ext4 would write the whole new file out
         # before such a rename (auto_da_alloc), ~0.15 s per 256 MiB. A pool refresh in
         # between only misses the volume until the caller's own refresh.
@@ -151,7 +146,20 @@ def place_file(src: Path, target: Path, *, move: bool) -> None:
         except OSError as e:
             if e.errno != errno.EXDEV:
                 raise
-    shutil.copyfile(src, target)
-    os.chmod(target, stat.S_IMODE(st.st_mode))
+        shutil.copyfile(src, target)  # a new file: give it the old one's mode and owner
+        _take_mode_and_owner(target, st)
+        return
+    shutil.copyfile(src, target)  # into the existing file: its mode and owner stay
+
+
+def _take_mode_and_owner(path: Path, st: os.stat_result) -> bool:
+    """Give ``path`` the mode and owner in ``st``; False if the owner cannot be changed."""
+    import stat
+
+    os.chmod(path, stat.S_IMODE(st.st_mode))
     if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-        os.chown(target, st.st_uid, st.st_gid)
+        try:
+            os.chown(path, st.st_uid, st.st_gid)
+        except PermissionError:
+            return False
+    return True
