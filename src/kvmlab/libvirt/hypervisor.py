@@ -446,7 +446,15 @@ class Hypervisor:
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Write a local file or bytes into an existing volume through a libvirt stream."""
-        vol = self._volume(pool_name, name)
+        self._upload(self._volume(pool_name, name), name, data, progress)
+
+    def _upload(
+        self,
+        vol: libvirt.virStorageVol,
+        name: str,
+        data: Path | bytes,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         size = len(data) if isinstance(data, bytes) else data.stat().st_size
         stream = self._conn.newStream(0)
         done = 0
@@ -475,10 +483,11 @@ class Hypervisor:
         import os
         import pathlib
 
+        vol = self._volume(pool_name, name)
         nonce = os.urandom(16)
-        self.upload_volume(pool_name, name, nonce)
+        self._upload(vol, name, nonce)
         with map_errors(self.uri, what=f"read volume {name}"):
-            path = pathlib.Path(self._volume(pool_name, name).path())
+            path = pathlib.Path(vol.path())
         try:
             with path.open("rb") as f:
                 return path if f.read(len(nonce)) == nonce else None
@@ -502,7 +511,6 @@ class Hypervisor:
                 if not busy or time.monotonic() > deadline:
                     raise translate(e, self.uri, what=f"refresh pool {pool_name}") from e
             time.sleep(0.1)
-
 
     # -- snapshots --------------------------------------------------------------------------
     # kvmlab takes internal qcow2 snapshots only (docs/snapshots.md says why); these methods
