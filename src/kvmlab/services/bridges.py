@@ -20,7 +20,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from kvmlab import errors
@@ -30,6 +29,7 @@ from kvmlab.models import Address, Network
 from kvmlab.services import hostnet
 from kvmlab.services.hostnet import HostNet
 from kvmlab.specs import NetworkSpec
+from kvmlab.timestamps import utc_now
 
 Check = Callable[[HostNet, str, str], bool]  # (host, bridge, address to reach) -> reachable
 
@@ -212,9 +212,7 @@ def create_bridged_network(
             f"a network named {name!r} exists already on {env.uri}",
             hint="`kvmlab net list` shows the networks",
         )
-    xml = network_from_spec(
-        spec, bridge=bridge, created=datetime.now(UTC).isoformat(timespec="seconds")
-    )
+    xml = network_from_spec(spec, bridge=bridge, created=utc_now())
     runner = host or hostnet.for_uri(env.uri)
     undo_steps: list[list[str]] = []
     if runner is None:

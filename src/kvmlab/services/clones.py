@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 from kvmlab import errors
@@ -32,6 +31,7 @@ from kvmlab.models import CloneProgress, Machine, MachineState, Volume
 from kvmlab.names import validate_name
 from kvmlab.services import journal
 from kvmlab.services.storage import IMAGE_POOL, MACHINE_POOL
+from kvmlab.timestamps import utc_now
 
 OVERLAY_MIN_BYTES = 256 * 1024  # a fresh qcow2 overlay: header, L1 and refcount tables
 PROGRESS_INTERVAL = 0.2
@@ -494,7 +494,7 @@ def _make_one(
         volume_map=volume_map,
         seed=seed_ref,
         macs=macs,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=utc_now(),
         linked=plan.linked,
     )
     hv.define_machine(xml)  # last: a defined clone is a whole clone

@@ -15,12 +15,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from kvmlab import errors
+from kvmlab.timestamps import utc_now
 
 
 def lock_path(state_dir: Path, uri: str, machine: str) -> Path:
@@ -58,7 +58,7 @@ def file_lock(path: Path, operation: str, busy: str, remove: bool = False) -> It
             break
         os.close(fd)
     try:
-        since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        since = utc_now()
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{operation} by pid {os.getpid()} since {since}\n".encode(), 0)
         try:

@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from kvmlab import errors
@@ -14,6 +13,7 @@ from kvmlab.env import Env
 from kvmlab.models import Address, Machine, MachineState
 from kvmlab.names import validate_name
 from kvmlab.services.storage import MACHINE_POOL
+from kvmlab.timestamps import utc_now
 
 if TYPE_CHECKING:
     from kvmlab.specs import Accel, MachineSpec
@@ -242,7 +242,7 @@ def create(
             disk_volume=disk_name,
             seed_volume=seed_name,
             macs=[nic.mac or random_mac() for nic in spec.nics],
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            created=utc_now(),
             console_log=console_log,
         )
         add_install_media(  # issue 6
