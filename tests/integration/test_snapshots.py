@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from kvmlab import errors
@@ -73,7 +74,16 @@ def _names(env: Env) -> list[str]:
     return [s.name for s in snapshots.list_snapshots(env, VM)]
 
 
-def test_disk_and_memory_snapshots_come_back(env: Env, vm: str) -> None:
+def _qemu_run(sandbox: Any, name: str) -> int:
+    """libvirt's id of the machine's current QEMU process (a new one after every start)."""
+    conn = libvirt.open(sandbox.uri)
+    try:
+        return int(conn.lookupByName(name).ID())
+    finally:
+        conn.close()
+
+
+def test_disk_and_memory_snapshots_come_back(env: Env, vm: str, sandbox: Any) -> None:
     _sh(env, "echo A > /data/f && sync")
     s1 = snapshots.create_snapshot(env, vm, "s1", SnapshotKind.DISK, "disk only")
     assert (s1.kind, s1.state, s1.location) == (SnapshotKind.DISK, "running", "internal")
@@ -96,10 +106,13 @@ def test_disk_and_memory_snapshots_come_back(env: Env, vm: str) -> None:
     assert _sh(env, "cat /data/f") == "A\n"
     assert _sh(env, "cat /run/x 2>/dev/null || echo none") == "none\n"
 
-    # a memory snapshot comes back running, with RAM and disk as they were
+    # a memory snapshot comes back running, with RAM and disk as they were, loaded into the
+    # running QEMU (same process; this QEMU was started after s2 was taken, same hardware)
+    before = _qemu_run(sandbox, vm)
     t0 = time.monotonic()
     assert snapshots.revert_to_snapshot(env, vm, "s2") is MachineState.RUNNING
     revert_s = time.monotonic() - t0
+    assert _qemu_run(sandbox, vm) == before
     assert _sh(env, "cat /data/f /run/x") == "B\n42\n"
 
     listed = {s.name: s for s in snapshots.list_snapshots(env, vm)}
@@ -206,6 +219,32 @@ def test_unknown_snapshot_is_named_with_a_hint(env: Env, vm: str) -> None:
             op(env, vm, "nosuch")
         assert err.value.message == f"no snapshot named 'nosuch' of VM '{vm}' on {env.uri}"
         assert err.value.hint is not None and f"kvmlab snap list {vm}" in err.value.hint
+
+
+def test_revert_after_a_hot_plug_restarts_qemu_from_the_snapshot(
+    env: Env, vm: str, sandbox: Any
+) -> None:
+    """Hardware added since the snapshot: its RAM image would not fit the running QEMU, so
+    libvirt restarts QEMU from the snapshot's definition (the added device is gone)."""
+    _sh(env, "echo 7 > /run/hw && echo H > /data/hw && sync")
+    snapshots.create_snapshot(env, vm, "hw")
+    _sh(env, "echo 8 > /run/hw && echo I > /data/hw && sync")
+    conn = libvirt.open(sandbox.uri)
+    try:
+        dom = conn.lookupByName(vm)
+        rng = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
+        dom.attachDeviceFlags(rng, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        assert dom.XMLDesc(0).count("<rng ") == 2
+        before = dom.ID()
+        assert snapshots.revert_to_snapshot(env, vm, "hw") is MachineState.RUNNING
+        dom = conn.lookupByName(vm)
+        assert dom.ID() != before  # a new QEMU
+        assert dom.XMLDesc(0).count("<rng ") == 1
+        assert [s.name for s in snapshots.list_snapshots(env, vm) if s.current] == ["hw"]
+    finally:
+        conn.close()
+    assert _sh(env, "cat /run/hw /data/hw") == "7\nH\n"
+    snapshots.delete_snapshot(env, vm, "hw")
 
 
 def test_cp_in_and_out(env: Env, vm: str, tmp_path: Path) -> None:

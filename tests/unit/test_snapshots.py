@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from kvmlab import errors
 from kvmlab.env import Env
 from kvmlab.libvirt.domain import DiskXML, DomainXML
+from kvmlab.libvirt.snapshot import guest_layout
 from kvmlab.models import Snapshot, SnapshotKind
 from kvmlab.services.locks import lock_path, machine_lock
 from kvmlab.services.snapshots import snapshot_plan, tree_rows
@@ -176,3 +178,66 @@ def test_a_machine_with_external_snapshots_is_refused(tmp_path: Path) -> None:
         create_snapshot(env, "vm", "s1")
     assert "vm has external snapshots (ext1)" in err.value.message
     assert "will not mix" in err.value.message
+
+
+# -- which reverts may load into the running QEMU -----------------------------------------------
+SNAPSHOT_DATA = Path(__file__).parent.parent / "data" / "snapshot"
+
+
+def _layouts(edit: Callable[[ET.Element], object] | None = None) -> tuple[Any, Any]:
+    """guest_layout of a snapshot's saved machine and of the live one (libvirt 9.0's own XML
+    for a tiny machine with a NIC on a NAT network, recorded from the sandboxed daemon)."""
+    saved = ET.parse(SNAPSHOT_DATA / "snapshot.xml").getroot().find("./domain")
+    live = ET.parse(SNAPSHOT_DATA / "live-domain.xml").getroot()
+    assert saved is not None
+    if edit is not None:
+        edit(live)
+    return guest_layout(saved), guest_layout(live)
+
+
+def test_same_hardware_matches_despite_runtime_details() -> None:
+    saved, live = _layouts()
+    assert saved == live  # aliases, tap name, pty paths, image-chain indexes, seclabel differ
+    assert ("cpu", "qemu64") in live
+    assert any(row[0] == "interface" and "mac.address=52:54:00:54:e1:5a" in row for row in live)
+
+
+def _set(path: str, attr: str, value: str) -> Callable[[ET.Element], None]:
+    def edit(live: ET.Element) -> None:
+        el = live.find(path)
+        assert el is not None, path
+        el.set(attr, value)
+
+    return edit
+
+
+def _add_rng(live: ET.Element) -> None:
+    devices = live.find("./devices")
+    assert devices is not None
+    ET.SubElement(ET.SubElement(devices, "rng", model="virtio"), "address", type="pci",
+                  domain="0x0000", bus="0x00", slot="0x09", function="0x0")  # fmt: skip
+
+
+def _more_memory(live: ET.Element) -> None:
+    mem = live.find("./memory")
+    assert mem is not None
+    mem.text = "524288"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _add_rng,  # a device hot-plugged since
+        _more_memory,
+        _set("./devices/interface/mac", "address", "52:54:00:00:00:01"),
+        _set("./devices/interface/model", "type", "e1000"),
+        _set("./devices/interface/source", "network", "other"),
+        _set("./devices/disk/source", "volume", "other.qcow2"),
+        _set("./devices/disk/address", "slot", "0x09"),
+        _set("./os/type", "machine", "pc-q35-7.2"),
+    ],
+    ids=["device-added", "memory", "mac", "nic-model", "network", "disk-source", "slot", "type"],
+)
+def test_changed_hardware_does_not_match(edit: Callable[[ET.Element], None]) -> None:
+    saved, live = _layouts(edit)
+    assert saved != live

@@ -302,7 +302,10 @@ def _revert(env: Env, machine: str, name: str, start: bool) -> MachineState:
     if snap.location == "external":
         _refuse_external(machine, [snap])
     if snap.kind is SnapshotKind.MEMORY:
-        hv.revert_to_snapshot(machine, name, run=True)
+        # into the running QEMU when its hardware is the snapshot's (~0.15 s for 256 MiB);
+        # otherwise, or if QEMU refuses, libvirt restarts QEMU from the snapshot (~1 s)
+        if hv.load_snapshot_in_place(machine, name) is not None:
+            hv.revert_to_snapshot(machine, name, run=True)
     elif snap.state in _TAKEN_LIVE:
         # a disk snapshot taken while running holds RAM too (see the module docstring):
         # load it paused, then drop the RAM; the disks stay as they were in the snapshot
