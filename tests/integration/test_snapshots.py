@@ -247,6 +247,33 @@ def test_revert_after_a_hot_plug_restarts_qemu_from_the_snapshot(
     snapshots.delete_snapshot(env, vm, "hw")
 
 
+def test_revert_falls_back_to_libvirt_when_qemu_refuses_the_load(
+    env: Env, vm: str, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QEMU failing ``loadvm`` leaves its machine paused (and may have reverted the disks):
+    libvirt's revert then restarts QEMU from the snapshot, and the user gets the snapshot."""
+    import libvirt_qemu
+
+    _sh(env, "echo 5 > /run/q && echo Q > /data/q && sync")
+    snapshots.create_snapshot(env, vm, "q")
+    _sh(env, "echo 6 > /run/q && echo R > /data/q && sync")
+    real = libvirt_qemu.qemuMonitorCommand
+    sent: list[str] = []
+
+    def wrong_name(dom: Any, cmd: str, flags: int) -> str:
+        sent.append(cmd)
+        return str(real(dom, cmd.replace("loadvm q", "loadvm no-such"), flags))
+
+    monkeypatch.setattr(libvirt_qemu, "qemuMonitorCommand", wrong_name)
+    before = _qemu_run(sandbox, vm)
+    assert snapshots.revert_to_snapshot(env, vm, "q") is MachineState.RUNNING
+    assert sent == ["loadvm q"]
+    assert _qemu_run(sandbox, vm) != before
+    monkeypatch.undo()
+    assert _sh(env, "cat /run/q /data/q") == "5\nQ\n"
+    snapshots.delete_snapshot(env, vm, "q")
+
+
 def test_cp_in_and_out(env: Env, vm: str, tmp_path: Path) -> None:
     data = os.urandom(1_300_000)  # three chunks
     src = tmp_path / "blob"
