@@ -205,8 +205,18 @@ def dir_pool(name: str, path: str) -> PoolXML:
 def qcow2_volume(
     name: str, capacity_bytes: int, backing: tuple[str, str] | None = None
 ) -> VolumeXML:
-    """A sparse qcow2 volume; with ``backing=(path, format)`` a copy-on-write overlay."""
+    """A sparse qcow2 v3 volume with lazy refcounts; with ``backing=(path, format)`` an overlay.
+
+    libvirt 9.0 would make a qcow2 v2 (compat 0.10) file. Lazy refcounts let QEMU write the
+    clusters' reference counts without flushing the disk before each L2 table update: after
+    a revert, every cluster of the snapshot's saved RAM area is shared, so the next snapshot
+    with RAM copies them one by one, and with eager refcounts that was two ``fdatasync`` per
+    64 KiB cluster (~2300 for a 256 MiB guest; 0.9-1.1 s instead of 0.25 s). The price: after
+    a host crash QEMU rebuilds the image's refcounts when it next opens it (automatically; no
+    data is lost).
+    """
     vol = _volume(name, capacity_bytes, "qcow2")
+    vol.compat, vol.lazy_refcounts = "1.1", True
     if backing is not None:
         vol.backing_path, vol.backing_format = backing
     return vol

@@ -6,7 +6,7 @@ the ``*_bytes`` properties convert, whatever unit libvirt wrote.
 
 from __future__ import annotations
 
-from kvmlab.libvirt.xmlbase import XMLObject, XMLProperty, scale_to_bytes
+from kvmlab.libvirt.xmlbase import XMLFlag, XMLObject, XMLProperty, scale_to_bytes
 
 
 class PoolXML(XMLObject):
@@ -51,7 +51,8 @@ class VolumeXML(XMLObject):
 
     _TAG = "volume"
     _ORDER = ("name", "key", "source", "capacity", "allocation", "physical",
-              "target", "target/path", "target/format", "target/permissions",
+              "target", "target/path", "target/format", "target/permissions", "target/compat",
+              "target/features", "target/features/lazy_refcounts",
               "backingStore", "backingStore/path", "backingStore/format")  # fmt: skip
 
     type = XMLProperty("./@type")
@@ -63,6 +64,8 @@ class VolumeXML(XMLObject):
     allocation_unit = XMLProperty("./allocation/@unit")
     target_path = XMLProperty("./target/path")
     target_format = XMLProperty("./target/format/@type")
+    compat = XMLProperty("./target/compat")  # qcow2 version: 1.1 (v3) or 0.10 (v2)
+    lazy_refcounts = XMLFlag("./target/features/lazy_refcounts")
     backing_path = XMLProperty("./backingStore/path")
     backing_format = XMLProperty("./backingStore/format/@type")
 
