@@ -27,18 +27,9 @@ def create(
     state: State, machine: str, name: str | None, kind: str | None, description: str | None
 ) -> None:
     """Snapshot MACHINE (default NAME: snap-DATE-TIME; default kind: memory if it runs)."""
-    from kvmlab.cli.output import emit_json
-    from kvmlab.models import SnapshotKind
-    from kvmlab.services.snapshots import create_snapshot
+    from kvmlab.cli.snapcmd import create_and_show
 
-    s = create_snapshot(state.env, machine, name, SnapshotKind(kind) if kind else None, description)
-    if state.json:
-        emit_json(s.to_dict())
-        return
-    extra = ""
-    if s.quiesced is not None:
-        extra = ", filesystems frozen" if s.quiesced else ", not quiesced"
-    click.echo(f"created {s.kind.value} snapshot {s.name} of {machine}{extra}")
+    create_and_show(state.env, machine, name, kind, description, state.json)
 
 
 @snap.command("list")
@@ -85,14 +76,9 @@ def list_(state: State, machine: str) -> None:
 @pass_state
 def revert(state: State, machine: str, name: str, start: bool) -> None:
     """Take MACHINE back to snapshot NAME (a memory snapshot comes back running)."""
-    from kvmlab.cli.output import emit_json
-    from kvmlab.services.snapshots import revert_to_snapshot
+    from kvmlab.cli.snapcmd import revert_and_show
 
-    after = revert_to_snapshot(state.env, machine, name, start=start)
-    if state.json:
-        emit_json({"machine": machine, "snapshot": name, "state": after.value})
-    else:
-        click.echo(f"reverted {machine} to {name}; it is {after.value}")
+    revert_and_show(state.env, machine, name, start, state.json)
 
 
 @snap.command("delete")
