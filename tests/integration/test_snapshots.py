@@ -262,6 +262,20 @@ def test_revert_after_a_hot_plug_restarts_qemu_from_the_snapshot(
     snapshots.delete_snapshot(env, vm, "hw")
 
 
+def test_revert_of_a_paused_machine_comes_back_running_in_the_same_qemu(
+    env: Env, vm: str, sandbox: Any
+) -> None:
+    _sh(env, "echo 3 > /run/p")
+    snapshots.create_snapshot(env, vm, "p")
+    _sh(env, "echo 4 > /run/p")
+    env.hypervisor.suspend(vm)
+    before = _qemu_run(sandbox, vm)
+    assert snapshots.revert_to_snapshot(env, vm, "p") is MachineState.RUNNING
+    assert _qemu_run(sandbox, vm) == before
+    assert _sh(env, "cat /run/p") == "3\n"
+    snapshots.delete_snapshot(env, vm, "p")
+
+
 def test_revert_falls_back_to_libvirt_when_qemu_refuses_the_load(
     env: Env, vm: str, sandbox: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
