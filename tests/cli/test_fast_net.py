@@ -68,8 +68,10 @@ def test_only_plain_net_create_takes_the_fast_path(argv: list[str], want: object
     assert call is None or call.words == ("net", "create")
 
 
-def _run(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, COLUMNS="120")
+def _run(
+    code: str, *argv: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="120", **(extra_env or {}))
     env.pop("KVMLAB_CONNECT", None)
     env.pop("KVMLAB_HOST_NETNS", None)
     return subprocess.run(

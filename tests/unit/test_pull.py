@@ -258,10 +258,38 @@ def test_pull_mismatch_leaves_no_volume_and_no_file(env, server) -> None:  # typ
     assert list((env.cache_dir / "downloads").iterdir()) == []
 
 
-def test_pull_refuses_a_taken_name_before_downloading(env, server) -> None:  # type: ignore[no-untyped-def]
+def test_pull_refuses_a_taken_name_and_keeps_nothing(env, server) -> None:  # type: ignore[no-untyped-def]
+    # the name is checked beside the download (libvirt's import and connection take ~45 ms),
+    # which it stops: nothing of it stays
+    server.files["/img.qcow2"] = PAYLOAD
+    before = env.hypervisor.volume(IMAGE_POOL, "tiny")
     with pytest.raises(errors.AlreadyExists, match="'tiny' exists already"):
         pull.pull_image(env, server.base + "/img.qcow2", name="tiny")
-    assert server.ranges == []
+    assert list((env.cache_dir / "downloads").iterdir()) == []
+    assert env.hypervisor.volume(IMAGE_POOL, "tiny") == before
+
+
+def test_cancel_stops_a_download_and_removes_only_what_it_wrote(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = server.base + "/big.img"
+    server.files["/big.img"] = PAYLOAD
+    cancel = threading.Event()
+
+    def stop_after_first_chunk(done: int, _total: int | None) -> None:
+        if done:
+            cancel.set()
+
+    with pytest.raises(pull.DownloadCancelled):
+        pull.download(url, tmp_path, progress=stop_after_first_chunk, cancel=cancel)
+    assert list(tmp_path.iterdir()) == []  # neither the partial file nor the lock
+
+    # a resumed partial file keeps what it had before this call
+    part = pull.partial_path(url, tmp_path)
+    part.write_bytes(PAYLOAD[:1000])
+    cancel.clear()
+    with pytest.raises(pull.DownloadCancelled):
+        pull.download(url, tmp_path, progress=stop_after_first_chunk, cancel=cancel)
+    assert part.read_bytes() == PAYLOAD[:1000]
+    assert server.ranges[-1] == "bytes=1000-"
 
 
 def test_unknown_catalogue_name_lists_the_catalogue(env) -> None:  # type: ignore[no-untyped-def]

@@ -3,14 +3,15 @@
 Importing click and every CLI module costs ~30 ms. ``kvmlab ls`` should start about as fast as
 ``virsh list``, and ``kvmlab net create`` (one ~80 ms libvirt call) should stay within 1.2x of
 ``virsh net-define`` + ``virsh net-start``, and ``snap create``/``snap revert`` (a few hundred
-ms) should not be ~20% slower than virsh only for starting. So their plain forms are
-recognised here::
+ms) should not be ~20% slower than virsh only for starting, and ``image pull`` is measured
+against curl. So their plain forms are recognised here::
 
     kvmlab [-c URI] [--json] ls [--json]
     kvmlab [-c URI] [--json] net create NAME [--nat|--isolated] [--subnet S]
            [--dhcp-range FIRST-LAST] [--domain D] [--json]
     kvmlab [-c URI] [--json] snap create VM [NAME] [--memory|--disk-only] [-m TEXT] [--json]
     kvmlab [-c URI] [--json] snap revert VM NAME [--start] [--json]
+    kvmlab [-c URI] [--json] image pull URL|NAME [--name N] [--sha256 HEX] [--checksums URL]
 
 (``--connect URI`` and ``--connect=URI``, ``--subnet=S`` etc. too) and served by the very same
 service and output functions the click commands use, with the same error reporting and exit
@@ -94,6 +95,19 @@ def _snap_revert(env: Env, as_json: bool, arguments: list[str], options: dict[st
     revert_and_show(env, arguments[0], arguments[1], "start" in options, as_json)
 
 
+def _image_pull(env: Env, as_json: bool, arguments: list[str], options: dict[str, str]) -> None:
+    from kvmlab.cli.pullcmd import pull_and_show
+
+    pull_and_show(
+        env,
+        arguments[0],
+        options.get("name"),
+        options.get("sha256"),
+        options.get("checksums"),
+        as_json,
+    )
+
+
 FAST_COMMANDS: dict[tuple[str, ...], FastCommand] = {
     ("ls",): FastCommand({}, {}, 0, _ls),
     ("net", "create"): FastCommand(
@@ -110,6 +124,9 @@ FAST_COMMANDS: dict[tuple[str, ...], FastCommand] = {
         optional=1,
     ),
     ("snap", "revert"): FastCommand({"--start": ("start", "1")}, {}, 2, _snap_revert),
+    ("image", "pull"): FastCommand(
+        {}, {"--name": "name", "--sha256": "sha256", "--checksums": "checksums"}, 1, _image_pull
+    ),
 }
 
 

@@ -60,51 +60,6 @@ def list_(state: State) -> None:
 
 
 # -- issue 6: pull, import, rm, catalog ------------------------------------------------------
-def _byte_progress(state: State, what: str):  # type: ignore[no-untyped-def]
-    """A rich progress bar on stderr; returns (callback, stop).
-
-    None with --json or when stderr is not a terminal (a transient bar would print nothing
-    there, and loading rich costs ~40 ms).
-    """
-    import sys
-
-    if state.json or not sys.stderr.isatty():
-        return None, lambda: None
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )  # fmt: skip
-
-    bar = Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), TimeRemainingColumn(), console=Console(file=sys.stderr),
-        transient=True,
-    )  # fmt: skip
-    task = bar.add_task(what, total=None)
-    bar.start()
-
-    def update(done: int, total: int | None) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return update, bar.stop
-
-
-def _show_image(state: State, vol: object, verb: str) -> None:
-    from kvmlab.cli.output import emit_json
-    from kvmlab.models import Volume
-    from kvmlab.specs import format_size
-
-    assert isinstance(vol, Volume)
-    if state.json:
-        emit_json(vol.to_dict())
-    else:
-        click.echo(f"{verb} image {vol.name}: {vol.format} {format_size(vol.capacity)}")
-
-
 @image.command("pull")
 @click.argument("source", metavar="URL|NAME")
 @click.option("--name", default=None, help="Image name (default: from the URL or catalogue).")
@@ -120,17 +75,9 @@ def pull_command(
 
     An interrupted download resumes when the same command runs again.
     """
-    from kvmlab.services.pull import pull_image
+    from kvmlab.cli.pullcmd import pull_and_show
 
-    down, stop_down = _byte_progress(state, "download")
-    try:
-        vol = pull_image(
-            state.env, source, name=name, sha256=sha256, checksums_url=checksums_url,
-            progress=down,
-        )  # fmt: skip
-    finally:
-        stop_down()
-    _show_image(state, vol, "pulled")
+    pull_and_show(state.env, source, name, sha256, checksums_url, state.json)
 
 
 @image.command("import")
@@ -144,17 +91,18 @@ def import_command(state: State, file: object, name: str | None, as_is: bool) ->
     """Add a local image file (qcow2, raw, ISO; .xz/.gz too) to the image pool."""
     from pathlib import Path
 
+    from kvmlab.cli.pullcmd import byte_progress, show_image
     from kvmlab.services.imagestore import default_name, import_image
 
     assert isinstance(file, Path)
-    up, stop_up = _byte_progress(state, "upload")
+    up, stop_up = byte_progress(state.json, "upload")
     try:
         vol = import_image(
             state.env, file, name or default_name(str(file)), progress=up, as_is=as_is
         )
     finally:
         stop_up()
-    _show_image(state, vol, "imported")
+    show_image(vol, "imported", state.json)
 
 
 @image.command("rm")

@@ -51,6 +51,10 @@ class DownloadInterrupted(DownloadFailed):
     """The transfer stopped part-way; the partial file is kept for a resume."""
 
 
+class DownloadCancelled(errors.OperationFailed):
+    """The caller stopped the transfer (:func:`download`'s ``cancel``)."""
+
+
 class ChecksumMismatch(errors.OperationFailed):
     """The downloaded bytes are not the ones the checksum promised (nothing was kept)."""
 
@@ -133,11 +137,14 @@ def download(
     checksum: Checksum | None = None,
     progress: ByteProgress | None = None,
     timeout: float = 30.0,
+    cancel: threading.Event | None = None,
 ) -> Path:
     """Download ``url`` into ``downloads_dir``, resuming a partial file; return the file.
 
     With ``checksum`` the digest is computed while downloading; on mismatch the file is
-    removed and :class:`ChecksumMismatch` raised.
+    removed and :class:`ChecksumMismatch` raised. When ``cancel`` is set the transfer stops
+    (:class:`DownloadCancelled`) and what this call wrote is removed (a partial file it
+    resumed keeps what it had before).
     """
     from kvmlab.services.locks import file_lock
 
@@ -145,7 +152,7 @@ def download(
     part = partial_path(url, downloads_dir)
     lock = download_lock_path(url, downloads_dir)
     with file_lock(lock, f"download of {url}", f"{url} is being downloaded already", remove=True):
-        return _download(url, part, checksum, progress, timeout)
+        return _download(url, part, checksum, progress, timeout, cancel)
 
 
 def _download(
@@ -154,6 +161,7 @@ def _download(
     checksum: Checksum | None,
     progress: ByteProgress | None,
     timeout: float,
+    cancel: threading.Event | None = None,
 ) -> Path:
     offset = part.stat().st_size if part.exists() else 0
     hasher = hashlib.new(checksum.algorithm) if checksum else None
@@ -171,7 +179,14 @@ def _download(
         if hasher is not None and offset:
             _digest_file(part, hasher)
         with part.open("ab" if offset else "wb") as out:
-            _copy(resp, out, hasher, offset, total, progress, url)
+            try:
+                _copy(resp, out, hasher, offset, total, progress, url, cancel)
+            except DownloadCancelled:
+                out.truncate(offset)
+                out.close()
+                if not offset:
+                    part.unlink(missing_ok=True)
+                raise
     return _finish(part, hasher, checksum)
 
 
@@ -208,12 +223,15 @@ def _copy(
     total: int | None,
     progress: ByteProgress | None,
     url: str,
+    cancel: threading.Event | None = None,
 ) -> None:
     if progress:
         progress(done, total)
     buffers = _HashingBuffers(hasher)
     try:
         while True:
+            if cancel is not None and cancel.is_set():
+                raise DownloadCancelled(f"the download of {url} was cancelled")
             buf = buffers.take()
             n = resp.readinto(buf)
             if not n:
@@ -398,6 +416,7 @@ def pull_image(
     upload_progress: ByteProgress | None = None,
 ) -> Volume:
     """Download a URL or catalogue image, verify it, and import it as image ``name``."""
+    from kvmlab.names import validate_name
     from kvmlab.services import catalog
     from kvmlab.services.imagestore import check_free, default_name, import_image
 
@@ -408,16 +427,53 @@ def pull_image(
         url = entry.url
         name = name or entry.name
         checksums_url = checksums_url or (None if sha256 else entry.checksums_url)
-    name = name or default_name(url)
+    name = validate_name(name or default_name(url), "image")
     if sha256 and checksums_url:
         raise errors.InvalidInput("give --sha256 or --checksums, not both")
-    check_free(env, name)
     checksum = Checksum.from_hex(sha256, "--sha256") if sha256 else None
     if checksums_url:
         checksum = fetch_checksum(checksums_url, url_filename(url))
+    # Whether the name is free needs libvirt (its import, the connection, the pools: ~45 ms);
+    # that runs beside the download, which it stops at once if the name cannot be used.
+    ready = _Beside(check_free, env, name)
     env.progress(f"downloading {url}")
-    path = download(url, env.cache_dir / "downloads", checksum=checksum, progress=progress)
+    try:
+        path = download(url, env.cache_dir / "downloads", checksum=checksum, progress=progress,
+                        cancel=ready.failed)  # fmt: skip
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        ready.result()  # the name check's error comes first, as when it ran before (or it
+        raise  # is what cancelled the download)
+    try:
+        ready.result()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     try:
         return import_image(env, path, name, progress=upload_progress, owned=True, checked=True)
     finally:
         path.unlink(missing_ok=True)
+
+
+class _Beside:
+    """``fn(*args)`` on a thread of its own; :attr:`failed` is set as soon as it raises."""
+
+    def __init__(self, fn: Callable[..., object], *args: object) -> None:
+        self.failed = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., object], args: tuple[object, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+            self.failed.set()
+
+    def result(self) -> None:
+        """Wait for ``fn``; raise what it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
