@@ -32,7 +32,8 @@ def default_name(source: str) -> str:
 
 
 def check_free(env: Env, name: str) -> None:
-    """Refuse an image name that is invalid or taken, before anything is downloaded."""
+    """Refuse an image name that is invalid or taken (``pull_image`` runs this beside its
+    download and cancels the download when it fails)."""
     from kvmlab.names import validate_name
     from kvmlab.services.storage import IMAGE_POOL, ensure_pools
 
