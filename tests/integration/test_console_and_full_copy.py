@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_full_copy_machine_and_its_serial_console(
-    sandbox, tmp_path: Path, test_cache: Path
+    sandbox: Any, tmp_path: Path, test_cache: Path
 ) -> None:
     env = Env(uri=sandbox.uri, state_dir=tmp_path / "s", cache_dir=test_cache, accel=Accel.TCG)
     images.build_tiny(env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_host_check_measures_kvm_and_recommends_the_faster(
-    sandbox, tmp_path: Path, test_cache: Path, capsys: pytest.CaptureFixture[str]
+    sandbox: Any, tmp_path: Path, test_cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = Env(uri=sandbox.uri, state_dir=tmp_path / "state", cache_dir=test_cache)
     rc = main(["host", "check", "--json"], env=env)

@@ -53,7 +53,7 @@ def test_a_lock_file_removed_under_a_late_opener_is_not_trusted(
             path.write_text("")  # a later process created the file again
         real_flock(fd, op)
 
-    monkeypatch.setattr(locks.fcntl, "flock", flock)
+    monkeypatch.setattr("fcntl.flock", flock)
     with locks.file_lock(path, "job", "z is busy", remove=True):
         assert len(calls) == 2
         assert os.fstat(calls[1]).st_ino == path.stat().st_ino
