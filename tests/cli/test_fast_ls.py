@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab.cli.fast import parse_fast
+from tests.cli.test_fast_net import assert_same
 
 NODE = Path(__file__).resolve().parent.parent / "data" / "cli" / "node.xml"
 URI = f"test://{NODE}"
@@ -60,11 +61,7 @@ SLOW = "import sys; from kvmlab.cli.main import main; sys.exit(main())"
 )
 def test_fast_path_prints_what_the_click_command_prints(argv: tuple[str, ...]) -> None:
     fast, slow = _run(FAST, *argv), _run(SLOW, *argv)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    assert_same(fast, slow)
     assert fast.stdout or fast.stderr.startswith("error: cannot reach the libvirt daemon")
 
 

@@ -87,6 +87,17 @@ FAST = (
 SLOW = "import sys; from kvmlab.cli.main import main; sys.exit(main())"
 
 
+def assert_same(
+    fast: subprocess.CompletedProcess[str], slow: subprocess.CompletedProcess[str]
+) -> None:
+    """Both paths printed the same bytes on stdout and stderr and exited alike."""
+    assert (fast.returncode, fast.stdout, fast.stderr) == (
+        slow.returncode,
+        slow.stdout,
+        slow.stderr,
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "shows"),
     [
@@ -129,11 +140,7 @@ def test_fast_net_create_prints_what_the_click_command_prints(
     argv: tuple[str, ...], code: int, shows: str
 ) -> None:
     fast, slow = _run(FAST, "-c", URI, *argv), _run(SLOW, "-c", URI, *argv)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    assert_same(fast, slow)
     assert fast.returncode == code
     assert shows in fast.stdout + fast.stderr
     if code == 0 and "--json" in argv:
@@ -143,10 +150,6 @@ def test_fast_net_create_prints_what_the_click_command_prints(
 def test_fast_net_create_reports_a_daemon_that_is_down_like_click() -> None:
     argv = ("-c", DOWN, "net", "create", "n1", "--subnet", "10.71.0.0/24")
     fast, slow = _run(FAST, *argv), _run(SLOW, *argv)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    assert_same(fast, slow)
     assert fast.returncode == 5
     assert fast.stderr.startswith("error: cannot reach the libvirt daemon")

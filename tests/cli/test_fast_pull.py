@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab.cli.fast import parse_fast
-from tests.cli.test_fast_net import FAST, SLOW, URI, _run
+from tests.cli.test_fast_net import FAST, SLOW, URI, _run, assert_same
 
 
 @pytest.mark.parametrize(
@@ -82,26 +82,12 @@ def test_fast_image_pull_prints_what_the_click_command_prints(
     base: str, tmp_path: Path, args: tuple[str, ...], code: int, shows: str
 ) -> None:
     argv = [a.replace("{base}", base) for a in args]
-    results = []
-    for which, program in (("fast", FAST), ("slow", SLOW)):
-        cache = tmp_path / which
-        results.append(
-            _run(
-                program,
-                "-c",
-                URI,
-                "image",
-                "pull",
-                *argv,
-                extra_env={"KVMLAB_CACHE_DIR": str(cache)},
-            )
-        )
-    fast, slow = results
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    fast, slow = (  # each with a cache of its own
+        _run(program, "-c", URI, "image", "pull", *argv,
+             extra_env={"KVMLAB_CACHE_DIR": str(tmp_path / which)})
+        for which, program in (("fast", FAST), ("slow", SLOW))
+    )  # fmt: skip
+    assert_same(fast, slow)
     assert fast.returncode == code, fast.stderr
     assert shows in fast.stdout + fast.stderr
     for which in ("fast", "slow"):  # nothing of a failed pull is left in the cache

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvmlab.cli.fast import parse_fast
-from tests.cli.test_fast_net import FAST, SLOW, _run
+from tests.cli.test_fast_net import FAST, SLOW, _run, assert_same
 
 NODE = Path(__file__).resolve().parent.parent / "data" / "cli" / "node-snapshot.xml"
 URI = f"test://{NODE}"
@@ -90,11 +90,7 @@ def test_fast_snap_commands_print_what_the_click_commands_print(
     argv: tuple[str, ...], code: int, shows: str
 ) -> None:
     fast, slow = _run(FAST, "-c", URI, *argv), _run(SLOW, "-c", URI, *argv)
-    assert (fast.returncode, fast.stdout, fast.stderr) == (
-        slow.returncode,
-        slow.stdout,
-        slow.stderr,
-    )
+    assert_same(fast, slow)
     assert fast.returncode == code, fast.stderr
     assert shows in fast.stdout + fast.stderr
     if code == 0 and argv[0] == "--json":
