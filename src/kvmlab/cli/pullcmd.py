@@ -9,14 +9,15 @@ import are a tenth of a 256 MiB pull from a local server.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from kvmlab.env import Env
-from kvmlab.models import Volume
+if TYPE_CHECKING:  # annotations only: the fast path imports no more than it runs
+    from kvmlab.env import Env
+    from kvmlab.models import Volume
+    from kvmlab.services.pull import ByteProgress
 
-Progress = Callable[[int, int | None], None]
 
-
-def byte_progress(as_json: bool, what: str) -> tuple[Progress | None, Callable[[], None]]:
+def byte_progress(as_json: bool, what: str) -> tuple[ByteProgress | None, Callable[[], None]]:
     """A rich progress bar on stderr; returns (callback, stop).
 
     None with --json or when stderr is not a terminal (a transient bar would print nothing
