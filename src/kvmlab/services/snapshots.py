@@ -19,8 +19,8 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def _create(
 
 
 def _default_name() -> str:
-    return datetime.now(UTC).strftime("snap-%Y%m%d-%H%M%S")
+    return time.strftime("snap-%Y%m%d-%H%M%S", time.gmtime())  # UTC, without datetime
 
 
 def snapshot_plan(env: Env, machine: str, name: str, description: str | None) -> SnapshotXML:
