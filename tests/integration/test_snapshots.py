@@ -70,6 +70,25 @@ def _overlay_only(path: Path) -> str:
     return "json:" + json.dumps(spec)
 
 
+def _disk(env: Env, sandbox: Any) -> str:
+    """The machine's overlay, for qemu-img on the host (see :func:`_overlay_only`)."""
+    path = env.hypervisor.volume(MACHINE_POOL, f"{VM}.qcow2").path
+    return _overlay_only(sandbox.host_path(path))
+
+
+def _img_info(disk: str) -> dict[str, Any]:
+    done = subprocess.run(["qemu-img", "info", "--output=json", disk],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
+
+
+def _assert_checks_clean(disk: str) -> None:
+    check = subprocess.run(["qemu-img", "check", "--", disk], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No errors were found" in check.stdout
+
+
 def _names(env: Env) -> list[str]:
     return [s.name for s in snapshots.list_snapshots(env, VM)]
 
@@ -149,27 +168,16 @@ def test_three_level_tree_survives_deleting_the_middle(env: Env, vm: str, sandbo
     # the overlay has lazy refcounts (see kvmlab.libvirt.build.qcow2_volume): its counts on
     # disk are complete once QEMU has closed it, so it is checked stopped (SIGTERM: QEMU
     # closes its images), then the machine is booted again for the tests after this one
-    disk = _overlay_only(sandbox.host_path(env.hypervisor.volume(MACHINE_POOL, f"{vm}.qcow2").path))
+    disk = _disk(env, sandbox)
     env.hypervisor.destroy(vm)
     try:
-        info = json.loads(
-            subprocess.run(
-                ["qemu-img", "info", "--output=json", disk],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        check = subprocess.run(
-            ["qemu-img", "check", "--", disk], capture_output=True, text=True, check=False
-        )
+        info = _img_info(disk)
+        specific = info["format-specific"]["data"]
+        assert (specific["compat"], specific["lazy-refcounts"]) == ("1.1", True)
+        assert info["dirty-flag"] is False
+        _assert_checks_clean(disk)
     finally:
         env.hypervisor.start(vm)
-    specific = info["format-specific"]["data"]
-    assert (specific["compat"], specific["lazy-refcounts"]) == ("1.1", True)
-    assert info["dirty-flag"] is False
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "No errors were found" in check.stdout
     _wait_agent(env, vm)
     assert _sh(env, "cat /data/tree") == "L\n"
 
@@ -393,12 +401,8 @@ def test_a_killed_qemu_loses_nothing_of_a_lazy_refcount_disk(
     while env.hypervisor.state(vm) is not MachineState.STOPPED:
         assert time.monotonic() < deadline, "libvirt never saw QEMU die"
         time.sleep(0.1)
-    disk = _overlay_only(sandbox.host_path(env.hypervisor.volume(MACHINE_POOL, f"{vm}.qcow2").path))
-    info = json.loads(
-        subprocess.run(
-            ["qemu-img", "info", "--output=json", disk], capture_output=True, text=True, check=True
-        ).stdout
-    )
+    disk = _disk(env, sandbox)
+    info = _img_info(disk)
     assert info["dirty-flag"] is True  # the counts on disk were not complete
 
     machines.start(env, vm)
@@ -411,6 +415,4 @@ def test_a_killed_qemu_loses_nothing_of_a_lazy_refcount_disk(
     assert got == "K1\nno-blob\n"
     snapshots.delete_snapshot(env, vm, "before-crash")
     env.hypervisor.destroy(vm)  # SIGTERM: QEMU closes the disk
-    check = subprocess.run(["qemu-img", "check", "--", disk], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "No errors were found" in check.stdout
+    _assert_checks_clean(disk)
