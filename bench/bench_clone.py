@@ -18,7 +18,6 @@ each run (untimed). ``BENCH_RUNS`` rounds (default 3) after a warm-up.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -53,14 +52,11 @@ def prepare(sb: Sandbox, state: Path) -> Env:
     env = Env(uri=sb.uri, state_dir=state, cache_dir=CACHE, accel=Accel.TCG)
     images.build_tiny(env)
     machines.create(env, MachineSpec(name="base", image="tiny", disk_size=2 * DATA))
-    disk = sb.host_path(env.hypervisor.volume(MACHINE_POOL, "base.qcow2").path)
-    # backing null: the image's path exists only in the sandbox's mount namespace, and
-    # whole-cluster writes need no data from it
-    target = json.dumps(
-        {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": str(disk)}}
-    )
+    daemon_path = env.hypervisor.volume(MACHINE_POOL, "base.qcow2").path
+    disk = sb.host_path(daemon_path)
+    # without the backing image: whole-cluster writes need no data from it
     subprocess.run(
-        ["qemu-io", "-c", f"write -P 0x5a {DATA} {DATA}", f"json:{target}"],
+        ["qemu-io", "-c", f"write -P 0x5a {DATA} {DATA}", sb.qcow2_alone(daemon_path)],
         check=True,
         capture_output=True,
     )

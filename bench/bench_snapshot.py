@@ -70,7 +70,6 @@ def _setup(sb: Sandbox, state: Path) -> None:
 
 
 def _eager_refcounts(sb: Sandbox) -> None:
-    import json
     import subprocess
 
     import libvirt
@@ -80,9 +79,7 @@ def _eager_refcounts(sb: Sandbox) -> None:
         dom = conn.lookupByName(VM)
         path = conn.storagePoolLookupByName("kvmlab").storageVolLookupByName(f"{VM}.qcow2").path()
         dom.destroy()
-        spec = {"driver": "qcow2", "backing": None,
-                "file": {"driver": "file", "filename": str(sb.host_path(path))}}  # fmt: skip
-        image = "json:" + json.dumps(spec)
+        image = sb.qcow2_alone(path)
         subprocess.run(["qemu-img", "amend", "-o", "lazy_refcounts=off", image], check=True)
         dom.revertToSnapshot(dom.snapshotLookupByName("base"), 0)
         if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:

@@ -544,6 +544,14 @@ class Sandbox:
                 return self.root / sub / path.relative_to(daemon_dir)
         return Path(path)
 
+    def qcow2_alone(self, daemon_path: str) -> str:
+        """A qemu-img/qemu-io target for the daemon's qcow2 file ``daemon_path``, opened on the
+        host without its backing file (whose path exists only in the sandbox's mount
+        namespace): for what lives in the file itself, its snapshots, refcounts and clusters."""
+        file = {"driver": "file", "filename": str(self.host_path(daemon_path))}
+        spec = {"driver": "qcow2", "backing": None, "file": file}
+        return "json:" + json.dumps(spec)
+
     @property
     def libvirtd_pid(self) -> int | None:
         """PID of the sandbox's libvirtd, None if it is not running."""

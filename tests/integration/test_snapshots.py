@@ -63,17 +63,9 @@ def _sh(env: Env, script: str, name: str = VM) -> str:
     return r.stdout.decode()
 
 
-def _overlay_only(path: Path) -> str:
-    """The overlay alone (its backing path is the daemon's, not visible here): snapshots and
-    their refcounts all live in it."""
-    spec = {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": str(path)}}
-    return "json:" + json.dumps(spec)
-
-
 def _disk(env: Env, sandbox: Any) -> str:
-    """The machine's overlay, for qemu-img on the host (see :func:`_overlay_only`)."""
-    path = env.hypervisor.volume(MACHINE_POOL, f"{VM}.qcow2").path
-    return _overlay_only(sandbox.host_path(path))
+    """The machine's overlay alone: its snapshots and their refcounts all live in it."""
+    return str(sandbox.qcow2_alone(env.hypervisor.volume(MACHINE_POOL, f"{VM}.qcow2").path))
 
 
 def _img_info(disk: str) -> dict[str, Any]:
