@@ -58,7 +58,6 @@ class SnapshotXML(XMLObject):
         return self.disks.add(disk)
 
 
-
 # what is behind a device, for the ones whose source a guest's saved state depends on
 _BEHIND: dict[str, tuple[tuple[str, str], ...]] = {
     "disk": (("source", "pool"), ("source", "volume"), ("source", "file"), ("source", "dev"),
