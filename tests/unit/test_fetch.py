@@ -8,6 +8,7 @@ test makes a self-signed certificate with ``openssl`` and trusts it through ``SS
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import ssl
 import subprocess
@@ -293,3 +294,138 @@ def test_pull_reports_a_refused_tunnel_and_bad_scheme(
         pull.download("https://images.invalid/x.qcow2", tmp_path, timeout=5)
     with pytest.raises(errors.InvalidInput, match="not an http:// or https:// URL"):
         pull.download("file:///etc/passwd", tmp_path)
+
+
+# -- Response.write_to: the body into a file, spliced when it can be -------------------------
+BIG = bytes(range(251)) * 12000  # ~2.9 MiB: several pipe loads, a prime period
+
+
+@pytest.fixture
+def splices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts os.splice calls (fetch's only way to splice)."""
+    calls: list[int] = []
+    real = os.splice
+
+    def counting(src: int, dst: int, count: int, *args: int) -> int:
+        calls.append(count)
+        return real(src, dst, count, *args)
+
+    monkeypatch.setattr(os, "splice", counting)
+    return calls
+
+
+def _write_all_to(resp: fetch.Response, fd: int) -> int:
+    total = 0
+    while n := resp.write_to(fd, 1 << 20):
+        total += n
+    assert resp.write_to(fd, 1 << 20) == 0  # and stays at the end
+    return total
+
+
+def test_write_to_splices_a_plain_body_into_the_file(
+    server: Scripted, tmp_path: Path, splices: list[int]
+) -> None:
+    # head and body in one send: the body's first bytes arrive in the header reader's buffer
+    server.replies["/big"] = fixed(BIG)
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b"kept")  # write_to writes at the descriptor's offset
+        with fetch.get(server.url("/big"), {}, timeout=5) as resp:
+            assert _write_all_to(resp, fd) == len(BIG)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == b"kept" + BIG
+    assert len(splices) >= 2  # socket to pipe, pipe to file
+
+
+def test_write_to_reads_and_writes_a_chunked_body(
+    server: Scripted, tmp_path: Path, splices: list[int]
+) -> None:
+    server.replies["/c"] = chunked([BIG[i : i + 700000] for i in range(0, len(BIG), 700000)])
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    try:
+        with fetch.get(server.url("/c"), {}, timeout=5) as resp:
+            assert _write_all_to(resp, fd) == len(BIG)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == BIG
+    assert splices == []
+
+
+def test_write_to_reads_and_writes_a_tls_body(
+    tls_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    splices: list[int],
+) -> None:
+    key, cert = tls_files
+    server = _tls_server(key, cert)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    try:
+        server.replies["/s"] = fixed(BIG)
+        fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+        try:
+            with fetch.get(server.url("/s", "https"), {}, timeout=5) as resp:
+                assert _write_all_to(resp, fd) == len(BIG)
+        finally:
+            os.close(fd)
+    finally:
+        server.close()
+    assert (tmp_path / "out").read_bytes() == BIG
+    assert splices == []
+
+
+def test_write_to_falls_back_when_the_file_takes_no_splice(
+    server: Scripted, tmp_path: Path, splices: list[int]
+) -> None:
+    server.replies["/big"] = fixed(BIG)
+    # Linux refuses to splice into a file opened for appending (EINVAL), as into a file
+    # system without splice: what the pipe holds is written out, the rest read and written.
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        with fetch.get(server.url("/big"), {}, timeout=5) as resp:
+            assert _write_all_to(resp, fd) == len(BIG)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == BIG
+    assert len(splices) == 2  # socket to pipe, the refused pipe to file; no splice after
+
+
+def test_write_to_stops_where_the_connection_ends(server: Scripted, tmp_path: Path) -> None:
+    server.replies["/cut"] = lambda _h: b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + (
+        b"x" * 300000
+    )
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    try:
+        with fetch.get(server.url("/cut"), {}, timeout=5) as resp:
+            assert _write_all_to(resp, fd) == 300000  # the caller compares with the length
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == b"x" * 300000
+
+
+def test_write_to_times_out_when_the_server_stalls(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def stall() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"y" * 10)
+        release.wait(10)
+        conn.close()
+
+    thread = threading.Thread(target=stall, daemon=True)
+    thread.start()
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/s"
+        with fetch.get(url, {}, timeout=0.3) as resp, pytest.raises(TimeoutError):
+            _write_all_to(resp, fd)
+    finally:
+        release.set()
+        os.close(fd)
+        listener.close()
+        thread.join(5)
+    assert (tmp_path / "out").read_bytes() == b"y" * 10
