@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
+import mmap
 import shutil
 import subprocess
 import threading
@@ -143,6 +144,39 @@ def test_interrupted_download_says_resumable_then_resumes_with_range(server, tmp
     assert server.ranges[-1] == f"bytes={kept}-"
     assert _sha256(path.read_bytes()) == _sha256(PAYLOAD)
     assert not part.exists()
+
+
+def test_checksum_in_steps_and_windows_across_a_resume(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small steps and windows (not page multiples) so a 3 MiB download is hashed in many
+    # mappings, and the resumed file's first bytes (cut at an odd offset) in several windows.
+    monkeypatch.setattr(pull._FileHasher, "STEP", 100_003)
+    monkeypatch.setattr(pull._FileHasher, "WINDOW", 150_001)
+    url = server.base + "/steps.img"
+    server.files["/steps.img"] = PAYLOAD
+    server.cut_after["/steps.img"] = 1_000_001
+    checksum = pull.Checksum.from_hex(_sha256(PAYLOAD))
+    with pytest.raises(pull.DownloadInterrupted):
+        pull.download(url, tmp_path, checksum=checksum)
+    path = pull.download(url, tmp_path, checksum=checksum)  # ChecksumMismatch if mis-hashed
+    assert path.read_bytes() == PAYLOAD
+    with pytest.raises(pull.ChecksumMismatch):
+        pull.download(url, tmp_path / "again", checksum=pull.Checksum.from_hex(_sha256(b"x")))
+
+
+def test_checksum_of_a_file_that_cannot_be_mapped(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise OSError(19, "No such device")  # ENODEV: a file system without mmap
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    server.files["/nommap.img"] = PAYLOAD
+    path = pull.download(
+        server.base + "/nommap.img", tmp_path, checksum=pull.Checksum.from_hex(_sha256(PAYLOAD))
+    )
+    assert path.read_bytes() == PAYLOAD
 
 
 def test_resume_of_a_complete_partial_file(server, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -15,13 +15,15 @@ The steps are separate functions so each can be tested alone:
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import queue
 import re
 import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from kvmlab import errors
 from kvmlab.services import fetch
@@ -35,6 +37,7 @@ USER_AGENT = "kvmlab (+https://kvmlab.dev)"
 ByteProgress = Callable[[int, int | None], None]
 """Called with (bytes done, total bytes or None when the server did not say)."""
 
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the pages at once, not page by page
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _ALGORITHMS = {64: "sha256", 128: "sha512"}
 
@@ -176,17 +179,19 @@ def _download(
         if offset and resp.status != 206:  # the server ignores Range: start again
             offset = 0
         total = _total_size(resp, offset)
-        if hasher is not None and offset:
-            _digest_file(part, hasher)
-        with part.open("ab" if offset else "wb") as out:
-            try:
-                _copy(resp, out, hasher, offset, total, progress, url, cancel)
-            except DownloadCancelled:
-                out.truncate(offset)
-                out.close()
-                if not offset:
-                    part.unlink(missing_ok=True)
-                raise
+        # Read-write (not append): splice(2) refuses O_APPEND files and the checksum is read
+        # back from the file (_FileHasher).
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if offset else os.O_TRUNC), 0o644)
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            _copy(resp, fd, hasher, offset, total, progress, url, cancel)
+        except DownloadCancelled:
+            os.ftruncate(fd, offset)
+            if not offset:
+                part.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
     return _finish(part, hasher, checksum)
 
 
@@ -217,7 +222,7 @@ def _total_size(resp: fetch.Response, offset: int) -> int | None:
 
 def _copy(
     resp: fetch.Response,
-    out: IO[bytes],
+    fd: int,
     hasher: hashlib._Hash | None,
     done: int,
     total: int | None,
@@ -225,77 +230,98 @@ def _copy(
     url: str,
     cancel: threading.Event | None = None,
 ) -> None:
+    """The body into ``fd`` (at ``done``, what the file holds already); ``hasher`` gets the
+    whole file's bytes, those already there first."""
     if progress:
         progress(done, total)
-    buffers = _HashingBuffers(hasher)
+    hashing = _FileHasher(fd, hasher) if hasher is not None else None
     try:
+        if hashing:
+            hashing.upto(done)
         while True:
             if cancel is not None and cancel.is_set():
                 raise DownloadCancelled(f"the download of {url} was cancelled")
-            buf = buffers.take()
-            n = resp.readinto(buf)
+            n = resp.write_to(fd, CHUNK)
             if not n:
                 break
-            out.write(memoryview(buf)[:n])
-            buffers.hash(buf, n)
             done += n
+            if hashing:
+                hashing.upto(done)
             if progress:
                 progress(done, total)
     except OSError as e:
-        out.flush()
         raise _interrupted(url, done, total, e) from e
     finally:
-        buffers.finish()
+        if hashing:
+            hashing.finish()
     if total is not None and done < total:
         raise _interrupted(url, done, total, None)
 
 
-class _HashingBuffers:
-    """A few reusable receive buffers, hashed on another thread after they are written.
+class _FileHasher:
+    """Feeds a hasher a file's bytes, in order, on another thread, as they are written.
 
-    Reading into buffers that are reused (``readinto``) instead of a fresh ``bytes`` per
-    chunk saves a copy and the page faults of new 1 MiB allocations; hashlib releases the GIL
-    for large buffers, so on two cores the SHA-256 of one chunk runs while the next is
-    received and written. A buffer goes back into use only once it is hashed. Without a
-    hasher there is one buffer and no thread.
+    The bytes are hashed where the kernel keeps them (a read-only mapping of the file's page
+    cache), not copied: with the body spliced into the file
+    (:meth:`kvmlab.services.fetch.Response.write_to`) the download never copies a byte into
+    Python's memory. hashlib releases the GIL for large buffers, so on two cores the digest
+    runs while the next bytes arrive. The work goes in steps of :data:`STEP` bytes (a mapping
+    and a thread wake-up each), the rest at :meth:`finish`. A file that cannot be mapped is
+    read instead.
     """
 
-    COUNT = 4
+    STEP = 4 * CHUNK
+    WINDOW = 64 * CHUNK
 
-    def __init__(self, hasher: hashlib._Hash | None) -> None:
+    def __init__(self, fd: int, hasher: hashlib._Hash) -> None:
+        self._fd = fd
         self._hasher = hasher
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._todo: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        for _ in range(self.COUNT if hasher is not None else 1):
-            self._free.put(bytearray(CHUNK))
-        if hasher is not None:
-            self._thread = threading.Thread(target=self._run, name="kvmlab-hash", daemon=True)
-            self._thread.start()
+        self._given = 0  # hashing is asked up to here
+        self._last = 0  # the file holds this much
+        self._ends: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kvmlab-hash", daemon=True)
+        self._thread.start()
 
-    def _run(self) -> None:
-        assert self._hasher is not None
-        while (item := self._todo.get()) is not None:
-            buf, n = item
-            self._hasher.update(memoryview(buf)[:n])
-            self._free.put(buf)
-
-    def take(self) -> bytearray:
-        """A buffer to receive into (waits while all of them are still being hashed)."""
-        return self._free.get()
-
-    def hash(self, buf: bytearray, n: int) -> None:
-        """Hash the first ``n`` bytes of ``buf`` (in order), then reuse the buffer."""
-        if self._thread is None:
-            self._free.put(buf)
-        else:
-            self._todo.put((buf, n))
+    def upto(self, end: int) -> None:
+        """The file holds its bytes up to ``end``: hash them (once a step is complete)."""
+        if end - self._given >= self.STEP:
+            self._ends.put(end)
+            self._given = end
+        self._last = end
 
     def finish(self) -> None:
-        """Wait until every buffer given so far is hashed."""
-        if self._thread is not None:
-            self._todo.put(None)
-            self._thread.join()
+        """Hash what the file holds up to the last :meth:`upto`; wait until it is done."""
+        if self._last > self._given:
+            self._ends.put(self._last)
+        self._ends.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        pos = 0
+        try:
+            while (end := self._ends.get()) is not None:
+                while pos < end:  # a resumed file's bytes come as one step: map them in parts
+                    stop = min(end, pos + self.WINDOW)
+                    self._hash(pos, stop)
+                    pos = stop
+        except BaseException as e:  # raised by finish()
+            self._error = e
+            while self._ends.get() is not None:
+                pass
+
+    def _hash(self, start: int, stop: int) -> None:
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapped = mmap.mmap(self._fd, stop - base, mmap.MAP_SHARED | _MAP_POPULATE,
+                               mmap.PROT_READ, offset=base)  # fmt: skip
+        except OSError:  # a file system without mmap
+            self._hasher.update(os.pread(self._fd, stop - start, start))
+            return
+        with mapped, memoryview(mapped) as view, view[start - base :] as part:
+            self._hasher.update(part)
 
 
 def _interrupted(
