@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvmlab import errors
-from kvmlab.services.pull import ByteProgress, prepare, url_filename
+from kvmlab.services.pull import ByteProgress, detect_format, prepare, url_filename
 
 if TYPE_CHECKING:
     from kvmlab.env import Env
@@ -63,16 +63,21 @@ def import_image(
     download) and may be moved into the pool instead of copied. ``checked``: the caller ran
     :func:`check_free` already.
     """
-    import tempfile
-
     if not path.is_file():
         raise errors.NotFound(f"no file {str(path)!r}")
     if not checked:
         check_free(env, name)
+    if as_is:
+        return _store(env, path, name, "boot file", progress, movable=owned)
+    fmt = detect_format(path)
+    if fmt in ("qcow2", "iso"):  # stored as it is: no work directory
+        return _store(env, path, name, fmt, progress, movable=owned)
+    import tempfile
+
     workroot = env.cache_dir / "downloads"
     workroot.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workroot, prefix="import-") as tmp:
-        ready, fmt = (path, "boot file") if as_is else prepare(path, Path(tmp))
+        ready, fmt = prepare(path, Path(tmp))
         return _store(env, ready, name, fmt, progress, movable=owned or ready != path)
 
 
