@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmlab.errors import ExitStatus, KvmlabError
-from kvmlab.models import Machine
+
+if TYPE_CHECKING:  # annotations only: every fast command imports this module for its errors
+    from kvmlab.models import Machine
 
 
 def emit_json(data: Any) -> None:
