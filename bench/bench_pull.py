@@ -18,8 +18,9 @@ compresses; qcow2, so ``image pull`` accepts it). Cases:
 * ``curl+sha256sum`` - ``curl -o`` then ``sha256sum`` (the same work done by hand).
 
 The curl and download cases write into a temporary directory; the pulls into the sandbox's
-pool. Runs interleaved, ``$BENCH_RUNS`` (default 5) times each after a warm-up. The clock
-stops when the program exits; then what it wrote is checked and removed, and ``sync`` runs,
+pool. Runs interleaved, ``$BENCH_RUNS`` (default 15: single runs of one case vary by 50 ms
+and more on a 2-core machine) times each after a warm-up. The clock stops when the program
+exits; then what it wrote is checked and removed, and ``sync`` runs,
 untimed for every case (so no case pays for the previous one's write-back).
 """
 
@@ -105,7 +106,7 @@ def _timed_cli_pull(sb: Sandbox, url: str, digest: str, size: int, *, local: boo
 
 
 def main() -> int:
-    runs = runs_from_env(5)
+    runs = runs_from_env(15)
     curl = shutil.which("curl")
     if curl is None:
         print("bench_pull needs curl (apt install curl)", file=sys.stderr)
