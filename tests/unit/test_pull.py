@@ -21,7 +21,7 @@ import pytest
 
 from kvmlab import errors
 from kvmlab.env import Env
-from kvmlab.services import catalog, imagestore, pull
+from kvmlab.services import catalog, imageformat, imagestore, pull
 from kvmlab.services.storage import IMAGE_POOL
 
 NODE = Path(__file__).resolve().parent.parent / "data" / "cli" / "node.xml"
@@ -231,15 +231,15 @@ def _raw_disk(path: Path) -> Path:
 
 def test_formats_are_detected_from_magic_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "q").write_bytes(b"QFI\xfb" + bytes(100))
-    assert pull.detect_format(tmp_path / "q") == "qcow2"
+    assert imageformat.detect_format(tmp_path / "q") == "qcow2"
     iso = bytearray(40000)
     iso[32769:32774] = b"CD001"
     (tmp_path / "i").write_bytes(bytes(iso))
-    assert pull.detect_format(tmp_path / "i") == "iso"
-    assert pull.detect_format(_raw_disk(tmp_path / "r")) == "raw"
+    assert imageformat.detect_format(tmp_path / "i") == "iso"
+    assert imageformat.detect_format(_raw_disk(tmp_path / "r")) == "raw"
     (tmp_path / "t").write_text("<html>Not found</html>\n" * 100)
     with pytest.raises(errors.InvalidInput, match="t is not a disk image"):
-        pull.detect_format(tmp_path / "t")
+        imageformat.detect_format(tmp_path / "t")
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
@@ -249,7 +249,7 @@ def test_compressed_raw_disk_becomes_qcow2(tmp_path) -> None:  # type: ignore[no
     packed.write_bytes(gzip.compress(raw.read_bytes()))
     work = tmp_path / "work"
     work.mkdir()
-    out, fmt = pull.prepare(packed, work)
+    out, fmt = imageformat.prepare(packed, work)
     assert fmt == "qcow2"
     info = subprocess.run(
         ["qemu-img", "info", "--output=json", "--", str(out)],
@@ -261,7 +261,7 @@ def test_compressed_raw_disk_becomes_qcow2(tmp_path) -> None:  # type: ignore[no
 def test_xz_qcow2_is_unpacked(tmp_path) -> None:  # type: ignore[no-untyped-def]
     q = b"QFI\xfb" + bytes(5000)
     (tmp_path / "a.qcow2.xz").write_bytes(lzma.compress(q))
-    out, fmt = pull.prepare(tmp_path / "a.qcow2.xz", tmp_path)
+    out, fmt = imageformat.prepare(tmp_path / "a.qcow2.xz", tmp_path)
     assert fmt == "qcow2" and out.read_bytes() == q
 
 

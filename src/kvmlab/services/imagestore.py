@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvmlab import errors
-from kvmlab.services.pull import ByteProgress, detect_format, prepare, url_filename
+from kvmlab.services.imageformat import detect_format, prepare
+from kvmlab.services.pull import ByteProgress, url_filename
 
 if TYPE_CHECKING:
     from kvmlab.env import Env
