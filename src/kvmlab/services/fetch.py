@@ -17,8 +17,8 @@ No compression is asked for, so bodies arrive as stored.
 :meth:`Response.write_to` moves a body into a file. A plain-TCP body with a length goes by
 ``splice(2)``, socket to pipe to file, so the bytes never pass through Python's memory: a
 download then costs the kernel one copy instead of two (receive into a buffer, write the
-buffer), which is what lets a 256 MiB pull from a local mirror beat curl's 16 KiB
-read/write loop (bench/bench_pull.py). TLS and chunked bodies are read and written.
+buffer), which is what lets a 256 MiB pull from a local mirror beat curl's receive-then-write
+loop (bench/bench_pull.py). TLS and chunked bodies are read and written.
 """
 
 from __future__ import annotations
@@ -90,15 +90,8 @@ class Response:
             return 0
         if self._mode == "new":
             self._mode = "splice" if self._can_splice() else "copy"
-            # The first bytes of the body may sit in the header reader's buffer: give those
-            # first (read1 returns only buffered bytes when there are any; with none it reads
-            # the socket once), then the socket is all there is.
-            first = self._file.read1(min(limit, self._left or 0)) if self._mode == "splice" else b""
-            if first:
-                self._left = (self._left or 0) - len(first)
-                return _write_all(fd, first)
         if self._mode == "splice":
-            return self._splice(fd, min(limit, self._left or 0, PIPE_SIZE))
+            return self._splice(fd, limit)
         if self._buf is None or len(self._buf) < limit:
             self._buf = bytearray(limit)
         n = self.readinto(memoryview(self._buf)[:limit])
@@ -113,10 +106,18 @@ class Response:
             and not self._chunked
         )
 
-    def _splice(self, fd: int, want: int) -> int:
+    def _splice(self, fd: int, limit: int) -> int:
         """Socket to pipe to ``fd``; the bytes moved (0: the connection ended)."""
+        assert self._left is not None  # _can_splice: a body with a length
+        want = min(limit, self._left, PIPE_SIZE)
         if self._pipe is None:
             self._pipe = _splice_pipe()
+            # The first call. The body's first bytes may sit in the header reader's buffer:
+            # those go first (read1 returns only buffered bytes when there are any; with none
+            # it reads the socket once), then the socket is all there is.
+            if first := self._file.read1(want):
+                self._left -= len(first)
+                return _write_all(fd, first)
         pipe_r, pipe_w = self._pipe
         while True:
             try:
@@ -142,7 +143,6 @@ class Response:
                 moved += _write_all(fd, os.read(pipe_r, n - moved))
             self._close_pipe()
             self._mode = "copy"
-        assert self._left is not None
         self._left -= n
         return n
 
