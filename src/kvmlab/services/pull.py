@@ -171,7 +171,10 @@ def _download(
         resp = _open(url, headers, timeout)
     except DownloadFailed as e:
         if offset and e.status == 416:  # the partial file is the whole file already
-            return _finish(part, _digest_file(part, hasher), checksum)
+            if checksum is not None:
+                with part.open("rb") as f:
+                    hasher = hashlib.file_digest(f, checksum.algorithm)
+            return _finish(part, hasher, checksum)
         raise
     with resp:
         if offset and resp.status != 206:  # the server ignores Range: start again
@@ -331,14 +334,6 @@ def _interrupted(
         f"the download of {url} stopped after {done}{of} bytes{why}; the partial file is kept",
         hint="run the same command again to resume where it stopped",
     )
-
-
-def _digest_file(path: Path, hasher: hashlib._Hash | None) -> hashlib._Hash | None:
-    if hasher is not None:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                hasher.update(chunk)
-    return hasher
 
 
 def _finish(part: Path, hasher: hashlib._Hash | None, checksum: Checksum | None) -> Path:
