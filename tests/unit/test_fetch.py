@@ -314,12 +314,22 @@ def splices(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def _write_all_to(resp: fetch.Response, fd: int) -> int:
-    total = 0
-    while n := resp.write_to(fd, 1 << 20):
-        total += n
-    assert resp.write_to(fd, 1 << 20) == 0  # and stays at the end
-    return total
+def _fetch_to_file(
+    url: str, out: Path, flags: int = 0, before: bytes = b"", timeout: float = 5
+) -> int:
+    """GET ``url`` and write_to its whole body into ``out`` (opened with ``flags`` too, after
+    ``before`` is written there); the bytes write_to moved."""
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | flags)
+    try:
+        os.write(fd, before)
+        with fetch.get(url, {}, timeout=timeout) as resp:
+            total = 0
+            while n := resp.write_to(fd, 1 << 20):
+                total += n
+            assert resp.write_to(fd, 1 << 20) == 0  # and stays at the end
+            return total
+    finally:
+        os.close(fd)
 
 
 def test_write_to_splices_a_plain_body_into_the_file(
@@ -327,14 +337,8 @@ def test_write_to_splices_a_plain_body_into_the_file(
 ) -> None:
     # head and body in one send: the body's first bytes arrive in the header reader's buffer
     server.replies["/big"] = fixed(BIG)
-    out = tmp_path / "out"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT)
-    try:
-        os.write(fd, b"kept")  # write_to writes at the descriptor's offset
-        with fetch.get(server.url("/big"), {}, timeout=5) as resp:
-            assert _write_all_to(resp, fd) == len(BIG)
-    finally:
-        os.close(fd)
+    out = tmp_path / "out"  # write_to writes at the descriptor's offset, after "kept"
+    assert _fetch_to_file(server.url("/big"), out, before=b"kept") == len(BIG)
     assert out.read_bytes() == b"kept" + BIG
     assert len(splices) >= 2  # socket to pipe, pipe to file
 
@@ -343,12 +347,7 @@ def test_write_to_reads_and_writes_a_chunked_body(
     server: Scripted, tmp_path: Path, splices: list[int]
 ) -> None:
     server.replies["/c"] = chunked([BIG[i : i + 700000] for i in range(0, len(BIG), 700000)])
-    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
-    try:
-        with fetch.get(server.url("/c"), {}, timeout=5) as resp:
-            assert _write_all_to(resp, fd) == len(BIG)
-    finally:
-        os.close(fd)
+    assert _fetch_to_file(server.url("/c"), tmp_path / "out") == len(BIG)
     assert (tmp_path / "out").read_bytes() == BIG
     assert splices == []
 
@@ -364,12 +363,7 @@ def test_write_to_reads_and_writes_a_tls_body(
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     try:
         server.replies["/s"] = fixed(BIG)
-        fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
-        try:
-            with fetch.get(server.url("/s", "https"), {}, timeout=5) as resp:
-                assert _write_all_to(resp, fd) == len(BIG)
-        finally:
-            os.close(fd)
+        assert _fetch_to_file(server.url("/s", "https"), tmp_path / "out") == len(BIG)
     finally:
         server.close()
     assert (tmp_path / "out").read_bytes() == BIG
@@ -382,12 +376,7 @@ def test_write_to_falls_back_when_the_file_takes_no_splice(
     server.replies["/big"] = fixed(BIG)
     # Linux refuses to splice into a file opened for appending (EINVAL), as into a file
     # system without splice: what the pipe holds is written out, the rest read and written.
-    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        with fetch.get(server.url("/big"), {}, timeout=5) as resp:
-            assert _write_all_to(resp, fd) == len(BIG)
-    finally:
-        os.close(fd)
+    assert _fetch_to_file(server.url("/big"), tmp_path / "out", os.O_APPEND) == len(BIG)
     assert (tmp_path / "out").read_bytes() == BIG
     assert len(splices) == 2  # socket to pipe, the refused pipe to file; no splice after
 
@@ -396,12 +385,8 @@ def test_write_to_stops_where_the_connection_ends(server: Scripted, tmp_path: Pa
     server.replies["/cut"] = lambda _h: b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + (
         b"x" * 300000
     )
-    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
-    try:
-        with fetch.get(server.url("/cut"), {}, timeout=5) as resp:
-            assert _write_all_to(resp, fd) == 300000  # the caller compares with the length
-    finally:
-        os.close(fd)
+    # the caller compares with the length
+    assert _fetch_to_file(server.url("/cut"), tmp_path / "out") == 300000
     assert (tmp_path / "out").read_bytes() == b"x" * 300000
 
 
@@ -418,14 +403,12 @@ def test_write_to_times_out_when_the_server_stalls(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=stall, daemon=True)
     thread.start()
-    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/s"
     try:
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}/s"
-        with fetch.get(url, {}, timeout=0.3) as resp, pytest.raises(TimeoutError):
-            _write_all_to(resp, fd)
+        with pytest.raises(TimeoutError):
+            _fetch_to_file(url, tmp_path / "out", timeout=0.3)
     finally:
         release.set()
-        os.close(fd)
         listener.close()
         thread.join(5)
     assert (tmp_path / "out").read_bytes() == b"y" * 10
